@@ -1,0 +1,1 @@
+//! Helpers for the kernel and runtime tests.
