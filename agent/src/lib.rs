@@ -3,3 +3,4 @@
 //! the kernel and the container runtime.
 
 pub mod cgroup;
+pub mod uds;
