@@ -3,4 +3,13 @@
 //! the kernel and the container runtime.
 
 pub mod cgroup;
+pub mod cli;
+pub mod cri;
+pub mod enforce;
 pub mod uds;
+pub mod agent;
+pub mod api;
+pub mod events;
+pub mod features;
+pub mod server;
+pub mod validate;

@@ -1,1 +1,161 @@
-fn main() {}
+//! `stockade-agent`: the node daemon.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use stockade_agent::{
+    agent::{Agent, Settings},
+    api::Service,
+    cri::{self, CriClient},
+    events, server,
+};
+use stockade_proto::v1::stockade_server::StockadeServer;
+use tracing::{info, warn};
+
+/// Stockade node agent: enforces containment orders on this node's pods.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This node's name (from the downward API in a DaemonSet).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Unix socket of the node-local API (root only).
+    #[arg(long, env = "STOCKADE_SOCKET", default_value = "/run/stockade/agent.sock")]
+    socket: PathBuf,
+    /// Folder on bpffs for the agent's pinned links and maps.
+    #[arg(long, env = "STOCKADE_PIN_DIR", default_value = "/sys/fs/bpf/stockade")]
+    pin_dir: PathBuf,
+    /// CRI socket for pod names: a path, `auto` (the usual paths) or `none`.
+    #[arg(long, env = "STOCKADE_CRI_SOCKET", default_value = "auto")]
+    cri_socket: String,
+    /// Deadline of every call to the container runtime, in milliseconds.
+    #[arg(long, env = "STOCKADE_CRI_TIMEOUT_MS", default_value_t = 2000)]
+    cri_timeout_ms: u64,
+    /// The cgroup2 mount; found from /proc/self/mountinfo when unset.
+    #[arg(long, env = "STOCKADE_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logs(args.log_format);
+
+    let settings = Settings {
+        node_name: args.node_name.clone().unwrap_or_else(hostname),
+        pin_root: args.pin_dir.clone(),
+        cri_socket: None,
+        cri_timeout: Duration::from_millis(args.cri_timeout_ms),
+        cgroup_root: args.cgroup_root.clone(),
+    };
+    ensure_bpffs(&settings.pin_root);
+    let cri = connect_runtime(&args.cri_socket, settings.cri_timeout).await;
+
+    let agent = tokio::task::spawn_blocking(move || Agent::start(settings, cri))
+        .await
+        .context("agent start-up panicked")?;
+    let agent = Arc::new(agent);
+    if let Some(ring) = agent.take_events() {
+        tokio::spawn(events::run(agent.clone(), ring));
+    }
+
+    let incoming = server::bind_root_only(&args.socket).await?;
+    banner(&agent, &args);
+    tonic::transport::Server::builder()
+        .add_service(StockadeServer::new(Service::new(agent)))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    let _ = std::fs::remove_file(&args.socket);
+    info!("stopped; isolations stay enforced by their pinned links");
+    Ok(())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn banner(agent: &Agent, args: &Args) {
+    let info = agent.info();
+    let missing: Vec<&str> =
+        agent.features().iter().filter(|f| !f.available).map(|f| f.name).collect();
+    info!(
+        version = %info.version,
+        node = %info.node_name,
+        kernel = %info.kernel_release,
+        cgroup2 = %info.cgroup2_mount,
+        pins = %info.bpffs_dir,
+        socket = %args.socket.display(),
+        pod_names = %info.pod_metadata_source,
+        features.missing = ?missing,
+        "stockade-agent started"
+    );
+}
+
+/// Finds the runtime socket; pod names are unavailable without one.
+async fn connect_runtime(choice: &str, timeout: Duration) -> Option<CriClient> {
+    let candidates: Vec<PathBuf> = match choice {
+        "none" => return None,
+        "auto" => cri::DEFAULT_SOCKETS.iter().map(PathBuf::from).collect(),
+        path => vec![PathBuf::from(path)],
+    };
+    for socket in candidates.iter().filter(|p| p.exists()) {
+        match CriClient::connect(socket, timeout).await {
+            Ok(client) => return Some(client),
+            Err(e) => warn!(socket = %socket.display(), error = %e, "runtime socket did not answer"),
+        }
+    }
+    warn!(tried = ?candidates, "no container runtime socket: pods are known by UID only");
+    None
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin folder is below it and nothing
+/// is mounted there yet.
+fn ensure_bpffs(pin_root: &std::path::Path) {
+    let bpffs = std::path::Path::new("/sys/fs/bpf");
+    if !pin_root.starts_with(bpffs) || is_bpffs(bpffs) {
+        return;
+    }
+    let flags = nix::mount::MsFlags::empty();
+    match nix::mount::mount(Some("bpf"), bpffs, Some("bpf"), flags, None::<&str>) {
+        Ok(()) => info!("mounted bpffs at /sys/fs/bpf"),
+        Err(e) => warn!(error = %e, "cannot mount bpffs at /sys/fs/bpf"),
+    }
+}
+
+fn is_bpffs(path: &std::path::Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("signal received, draining");
+}

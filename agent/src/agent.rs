@@ -1,0 +1,643 @@
+//! The path of an order: validate, resolve, enforce, verify, report.
+//!
+//! [`Agent`] holds the node's state and answers the API; `api.rs` only
+//! turns its results into gRPC replies.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use stockade_ebpf::abi::{StkPolicy, STK_F_ALLOW_NODE_PROBES, STK_F_ISOLATED};
+use stockade_proto::v1;
+use tracing::{info, warn};
+
+use crate::{
+    cgroup::{self, Cgroup2, CgroupError, PodCgroup, PodUid},
+    cri::{CriClient, CriPod},
+    enforce::{self, Attached, EnforceError, Enforcer},
+    features::{self, Feature},
+    validate::{self, AllowEntry, FieldError, IsolateOrder, Mode, PodTarget},
+};
+
+/// How many refused attempts are kept per isolation.
+const RECENT_REFUSALS: usize = 32;
+
+/// What the agent needs to know to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    /// Folder on bpffs for the agent's pins.
+    pub pin_root: PathBuf,
+    /// The CRI socket, if any.
+    pub cri_socket: Option<PathBuf>,
+    /// Deadline of every CRI call.
+    pub cri_timeout: Duration,
+    /// The cgroup2 mount; found from /proc/self/mountinfo when `None`.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    MissingFeature(String),
+    #[error("{0}")]
+    AlreadyIsolated(String),
+    #[error("the kernel refused: {0}")]
+    Kernel(String),
+    #[error("verification failed: {0}")]
+    NotVerified(String),
+}
+
+impl From<EnforceError> for AgentError {
+    fn from(err: EnforceError) -> Self {
+        Self::Kernel(error_chain(&err))
+    }
+}
+
+impl From<CgroupError> for AgentError {
+    fn from(err: CgroupError) -> Self {
+        match err {
+            CgroupError::NotFound { .. } => Self::NotFound(error_chain(&err)),
+            CgroupError::Io { .. } => Self::Kernel(error_chain(&err)),
+            _ => Self::Refused(error_chain(&err)),
+        }
+    }
+}
+
+/// An error and its causes, as one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    msg
+}
+
+/// One isolation the agent holds, with what it was ordered.
+#[derive(Debug, Clone)]
+struct Record {
+    pod: PodCgroup,
+    namespace: String,
+    name: String,
+    mode: Mode,
+    allow: Vec<AllowEntry>,
+    reason: String,
+    reference: String,
+    received_at: SystemTime,
+    enforced_at: SystemTime,
+    refusals: VecDeque<v1::Refusal>,
+}
+
+/// The node agent.
+pub struct Agent {
+    settings: Settings,
+    cgroups: Option<Cgroup2>,
+    own_cgroup: String,
+    features: Vec<Feature>,
+    enforcer: Option<Mutex<Enforcer>>,
+    cri: Option<CriClient>,
+    records: Mutex<BTreeMap<u64, Record>>,
+    started_at: SystemTime,
+}
+
+impl Agent {
+    /// Probes the kernel, loads the programs and adopts the isolations an
+    /// earlier agent left pinned. Blocking: run it off the async runtime.
+    pub fn start(settings: Settings, cri: Option<CriClient>) -> Self {
+        let cgroups = match &settings.cgroup_root {
+            Some(root) => Some(Cgroup2::at(root.clone())),
+            None => Cgroup2::discover()
+                .inspect_err(|e| warn!(error = %error_chain(e), "no cgroup2 hierarchy"))
+                .ok(),
+        };
+        let own_cgroup = cgroups.as_ref().and_then(|c| c.own_cgroup().ok()).unwrap_or_default();
+        let mut features = features::probe(cgroups.as_ref().map(|c| c.root()), &settings.pin_root);
+
+        let enforcer = load_enforcer(&settings, &mut features);
+        let agent = Self {
+            settings,
+            cgroups,
+            own_cgroup,
+            features,
+            enforcer: enforcer.map(Mutex::new),
+            cri,
+            records: Mutex::new(BTreeMap::new()),
+            started_at: SystemTime::now(),
+        };
+        agent.refresh_node_addrs();
+        agent.adopt();
+        agent
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn features(&self) -> &[Feature] {
+        &self.features
+    }
+
+    /// Takes the ring buffer of refused attempts, if programs are loaded.
+    pub fn take_events(&self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.enforcer.as_ref()?.lock().ok()?.take_events().ok()
+    }
+
+    /// The agent's version, node and kernel features.
+    pub fn info(&self) -> v1::AgentInfo {
+        v1::AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_name: self.settings.node_name.clone(),
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cgroup2_mount: self.cgroups.as_ref().map(|c| c.root().display().to_string()).unwrap_or_default(),
+            bpffs_dir: self.settings.pin_root.join(enforce::PIN_LAYOUT).display().to_string(),
+            features: self.features.iter().map(feature_to_proto).collect(),
+            started_at: Some(self.started_at.into()),
+            pod_metadata_source: match &self.cri {
+                Some(c) => format!("cri:{}", c.socket().display()),
+                None => "cgroup-tree".into(),
+            },
+        }
+    }
+
+    /// The pods on this node, from the cgroup tree, named by the runtime.
+    pub async fn pods(&self) -> Result<Vec<v1::Pod>, AgentError> {
+        let cgroups = self.cgroups()?;
+        let found = cgroups.scan_pods()?;
+        let named = self.runtime_pods().await;
+        let isolated = self.lock_records().keys().copied().collect::<Vec<_>>();
+        Ok(found
+            .iter()
+            .map(|p| pod_to_proto(p, named.iter().find(|n| n.uid == p.uid.as_str()), isolated.contains(&p.cgroup_id)))
+            .collect())
+    }
+
+    /// Isolates a pod: the whole order path.
+    pub async fn isolate(&self, req: &v1::IsolateRequest) -> Result<v1::Isolation, AgentError> {
+        let received_at = SystemTime::now();
+        let order = validate::isolate(req)?;
+        self.require(features::ISOLATE)?;
+
+        let (pod, cri) = self.resolve(&order.target).await?;
+        cgroup::check_target(&pod.path, &self.own_cgroup)?;
+        if let Some(existing) = self.lock_records().get(&pod.cgroup_id) {
+            return Err(AgentError::AlreadyIsolated(format!(
+                "pod {} is already isolated (since {}); release it first",
+                pod.uid,
+                humantime_utc(existing.enforced_at)
+            )));
+        }
+
+        let span = tracing::info_span!("isolate", pod.uid = %pod.uid, cgroup.id = pod.cgroup_id);
+        let _enter = span.enter();
+        let policy = policy_for(&order);
+        let abs = self.cgroups()?.abs(&pod.path);
+        let attached = {
+            let mut enforcer = self.lock_enforcer()?;
+            enforcer.isolate(&abs, pod.cgroup_id, &policy)?
+        };
+        let enforced_at = SystemTime::now();
+
+        self.verify_isolated(&attached, pod.cgroup_id, &policy)?;
+        let record = Record {
+            namespace: cri.as_ref().map(|c| c.namespace.clone()).unwrap_or_default(),
+            name: cri.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            pod,
+            mode: order.mode,
+            allow: order.allow,
+            reason: order.reason,
+            reference: order.reference,
+            received_at,
+            enforced_at,
+            refusals: VecDeque::new(),
+        };
+        info!(
+            pod.namespace = %record.namespace,
+            pod.name = %record.name,
+            order.mode = mode_name(record.mode),
+            latency_us = enforced_at.duration_since(received_at).unwrap_or_default().as_micros() as u64,
+            "pod isolated"
+        );
+        let reply = self.isolation_to_proto(&record, attached);
+        self.lock_records().insert(record.pod.cgroup_id, record);
+        Ok(reply)
+    }
+
+    /// Lifts an isolation, removing exactly our attachments.
+    pub async fn release(&self, req: &v1::ReleaseRequest) -> Result<v1::ReleaseResponse, AgentError> {
+        let received_at = SystemTime::now();
+        let (target, _reason) = validate::release(req)?;
+        self.require(features::ISOLATE)?;
+
+        let (id, pod, path) = self.resolve_isolated(&target).await?;
+        let span = tracing::info_span!("release", cgroup.id = id);
+        let _enter = span.enter();
+        self.lock_enforcer()?.release(id)?;
+
+        let foreign = match &path {
+            Some(abs) if abs.exists() => verify_released(abs)?,
+            _ => 0,
+        };
+        let verified_at = SystemTime::now();
+        self.lock_records().remove(&id);
+        info!(foreign_programs_left = foreign, "pod released");
+        Ok(v1::ReleaseResponse {
+            pod: pod.map(|(p, cri)| pod_to_proto(&p, cri.as_ref(), false)),
+            received_at: Some(received_at.into()),
+            verified_at: Some(verified_at.into()),
+            foreign_programs_left: foreign,
+        })
+    }
+
+    /// The isolations in force, as read back from the kernel now.
+    pub fn isolations(&self) -> Result<Vec<v1::Isolation>, AgentError> {
+        let records: Vec<Record> = self.lock_records().values().cloned().collect();
+        let mut out = Vec::new();
+        for record in records {
+            let attached = match &self.enforcer {
+                Some(_) => {
+                    let abs = self.cgroups()?.abs(&record.pod.path);
+                    self.lock_enforcer()?.attachments(&abs, record.pod.cgroup_id).unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            out.push(self.isolation_to_proto(&record, attached));
+        }
+        Ok(out)
+    }
+
+    /// Files a refused attempt reported by the kernel under its isolation.
+    pub fn record_refusal(&self, pod_cgroup_id: u64, refusal: v1::Refusal) {
+        let mut records = self.lock_records();
+        if let Some(record) = records.get_mut(&pod_cgroup_id) {
+            if record.refusals.len() == RECENT_REFUSALS {
+                record.refusals.pop_front();
+            }
+            record.refusals.push_back(refusal);
+        }
+    }
+
+    /// Re-reads the node's own addresses into the kernel (node-probe mode).
+    pub fn refresh_node_addrs(&self) {
+        let Some(enforcer) = &self.enforcer else { return };
+        let addrs = match node_addrs() {
+            Ok(a) => a,
+            Err(e) => return warn!(error = %e, "cannot list the node's addresses"),
+        };
+        if let Ok(mut enforcer) = enforcer.lock() {
+            if let Err(e) = enforcer.set_node_addrs(&addrs) {
+                warn!(error = %error_chain(&e), "cannot store the node's addresses");
+            }
+        }
+    }
+
+    fn require(&self, order: &str) -> Result<(), AgentError> {
+        match features::missing_for(&self.features, order) {
+            Some(msg) => Err(AgentError::MissingFeature(msg)),
+            None if self.enforcer.is_none() => Err(AgentError::MissingFeature(format!(
+                "{order} needs the isolation programs, which did not load: see `stockade doctor`"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn cgroups(&self) -> Result<&Cgroup2, AgentError> {
+        self.cgroups
+            .as_ref()
+            .ok_or_else(|| AgentError::MissingFeature("no cgroup2 hierarchy is mounted".into()))
+    }
+
+    fn lock_records(&self) -> MutexGuard<'_, BTreeMap<u64, Record>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // update is a single insert or remove), so a poisoned lock is usable.
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_enforcer(&self) -> Result<MutexGuard<'_, Enforcer>, AgentError> {
+        let enforcer = self.enforcer.as_ref().ok_or_else(|| {
+            AgentError::MissingFeature("the isolation programs did not load".into())
+        })?;
+        Ok(enforcer.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn runtime_pods(&self) -> Vec<CriPod> {
+        let Some(cri) = &self.cri else { return Vec::new() };
+        match cri.list_pods().await {
+            Ok(pods) => pods,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "the runtime did not list its pods");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The target pod's cgroup on this node, and the runtime's view of it.
+    async fn resolve(&self, target: &PodTarget) -> Result<(PodCgroup, Option<CriPod>), AgentError> {
+        let cgroups = self.cgroups()?;
+        match target {
+            PodTarget::Uid(uid) => {
+                let pod = cgroups.find_pod(uid)?;
+                let named = self.runtime_pods().await.into_iter().find(|p| p.uid == uid.as_str());
+                Ok((pod, named))
+            }
+            PodTarget::Name { namespace, name } => {
+                if self.cri.is_none() {
+                    return Err(AgentError::NotFound(format!(
+                        "pod {namespace}/{name}: no container runtime socket is configured, so \
+                         pods can only be named by UID here (stockade isolate --uid ...)"
+                    )));
+                }
+                let named = self
+                    .runtime_pods()
+                    .await
+                    .into_iter()
+                    .find(|p| &p.namespace == namespace && &p.name == name)
+                    .ok_or_else(|| AgentError::NotFound(format!("pod {namespace}/{name} is not on node {}", self.settings.node_name)))?;
+                let uid: PodUid = named.uid.parse().map_err(|_| {
+                    AgentError::Refused(format!("the runtime reports a malformed UID for {namespace}/{name}"))
+                })?;
+                Ok((cgroups.find_pod(&uid)?, Some(named)))
+            }
+        }
+    }
+
+    /// The cgroup id of an isolated target, also when its pod is gone.
+    async fn resolve_isolated(
+        &self,
+        target: &PodTarget,
+    ) -> Result<(u64, Option<(PodCgroup, Option<CriPod>)>, Option<PathBuf>), AgentError> {
+        match self.resolve(target).await {
+            Ok((pod, cri)) => {
+                let id = pod.cgroup_id;
+                let isolated = self.lock_records().contains_key(&id)
+                    || self.lock_enforcer()?.policy(id)?.is_some();
+                if !isolated {
+                    return Err(AgentError::NotFound(format!("pod {} is not isolated", pod.uid)));
+                }
+                let abs = self.cgroups()?.abs(&pod.path);
+                Ok((id, Some((pod, cri)), Some(abs)))
+            }
+            Err(AgentError::NotFound(msg)) => {
+                // The pod may be gone while its isolation is still pinned.
+                let records = self.lock_records();
+                let gone = records.iter().find(|(_, r)| match target {
+                    PodTarget::Uid(uid) => r.pod.uid == *uid,
+                    PodTarget::Name { namespace, name } => &r.namespace == namespace && &r.name == name,
+                });
+                match gone {
+                    Some((id, _)) => Ok((*id, None, None)),
+                    None => Err(AgentError::NotFound(msg)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every hook holds one of our programs and the policy reads back.
+    fn verify_isolated(&self, attached: &[Attached], id: u64, policy: &StkPolicy) -> Result<(), AgentError> {
+        let missing: Vec<&str> = enforce::HOOKS
+            .iter()
+            .filter(|h| !attached.iter().any(|a| a.hook == h.name))
+            .map(|h| h.name)
+            .collect();
+        let stored = self.lock_enforcer()?.policy(id)?;
+        if missing.is_empty() && stored.as_ref() == Some(policy) {
+            return Ok(());
+        }
+        let mut enforcer = self.lock_enforcer()?;
+        if let Err(e) = enforcer.release(id) {
+            warn!(error = %error_chain(&e), "could not undo an unverified isolation");
+        }
+        Err(AgentError::NotVerified(format!(
+            "hooks not attached after isolate: {missing:?}; policy read back: {}",
+            if stored.as_ref() == Some(policy) { "ok" } else { "differs" }
+        )))
+    }
+
+    /// Adopts isolations pinned by an earlier agent; removes those whose
+    /// pod is gone.
+    ///
+    /// Known shortcoming: the reason, reference and names of an adopted
+    /// isolation are not kept across restarts (no ledger yet); the policy
+    /// itself (mode and allow-list) is read back from the kernel.
+    fn adopt(&self) {
+        let (Some(cgroups), Some(_)) = (&self.cgroups, &self.enforcer) else { return };
+        let Ok(mut ids) = self.lock_enforcer().and_then(|e| Ok((e.pinned_cgroups()?, e.policy_cgroups()?))) else {
+            return warn!("cannot list pinned isolations");
+        };
+        ids.0.append(&mut ids.1);
+        ids.0.sort_unstable();
+        ids.0.dedup();
+        let pods = cgroups.scan_pods().unwrap_or_default();
+        for id in ids.0 {
+            self.adopt_one(cgroups, &pods, id);
+        }
+    }
+
+    fn adopt_one(&self, cgroups: &Cgroup2, pods: &[PodCgroup], id: u64) {
+        let Ok(mut enforcer) = self.lock_enforcer() else { return };
+        let Some(pod) = pods.iter().find(|p| p.cgroup_id == id) else {
+            info!(cgroup.id = id, "pod of a pinned isolation is gone: removing its pins");
+            if let Err(e) = enforcer.release(id) {
+                warn!(cgroup.id = id, error = %error_chain(&e), "cannot remove stale pins");
+            }
+            return;
+        };
+        let Ok(Some(policy)) = enforcer.policy(id) else {
+            // Pins without a policy enforce nothing: drop them.
+            let _ = enforcer.release(id);
+            return;
+        };
+        // Re-attaches whatever hook lost its link while we were away.
+        if let Err(e) = enforcer.isolate(&cgroups.abs(&pod.path), id, &policy) {
+            return warn!(cgroup.id = id, error = %error_chain(&e), "cannot re-attach an adopted isolation");
+        }
+        let now = SystemTime::now();
+        let record = Record {
+            pod: pod.clone(),
+            namespace: String::new(),
+            name: String::new(),
+            mode: if policy.flags & STK_F_ALLOW_NODE_PROBES != 0 { Mode::AllowNodeProbes } else { Mode::Strict },
+            allow: validate::entries_from_policy(&policy),
+            reason: "adopted from the kernel after an agent restart".into(),
+            reference: String::new(),
+            received_at: now,
+            enforced_at: now,
+            refusals: VecDeque::new(),
+        };
+        info!(pod.uid = %pod.uid, cgroup.id = id, "adopted a pinned isolation");
+        drop(enforcer);
+        self.lock_records().insert(id, record);
+    }
+
+    fn isolation_to_proto(&self, r: &Record, attached: Vec<Attached>) -> v1::Isolation {
+        let counters = self
+            .lock_enforcer()
+            .ok()
+            .and_then(|e| e.counters(r.pod.cgroup_id).ok())
+            .unwrap_or_default();
+        let mut pod = pod_to_proto(&r.pod, None, true);
+        pod.namespace = r.namespace.clone();
+        pod.name = r.name.clone();
+        v1::Isolation {
+            pod: Some(pod),
+            mode: mode_to_proto(r.mode) as i32,
+            allow: r.allow.iter().map(AllowEntry::to_proto).collect(),
+            reason: r.reason.clone(),
+            reference: r.reference.clone(),
+            received_at: Some(r.received_at.into()),
+            enforced_at: Some(r.enforced_at.into()),
+            verified_at: Some(SystemTime::now().into()),
+            attachments: attached
+                .into_iter()
+                .map(|a| v1::Attachment { hook: a.hook.into(), program_id: a.program_id, pin: a.pin.display().to_string() })
+                .collect(),
+            counters: Some(v1::Counters {
+                ingress_dropped: counters.ingress_dropped,
+                egress_dropped: counters.egress_dropped,
+                connects_refused: counters.connects_refused,
+                sends_refused: counters.sends_refused,
+            }),
+            recent_refusals: r.refusals.iter().cloned().collect(),
+        }
+    }
+}
+
+fn load_enforcer(settings: &Settings, features: &mut Vec<Feature>) -> Option<Enforcer> {
+    if features::missing_for(features, features::ISOLATE).is_some() {
+        return None;
+    }
+    match Enforcer::load(&settings.pin_root) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let detail = error_chain(&e);
+            warn!(error = %detail, "the isolation programs did not load");
+            features.push(Feature {
+                name: "isolation_programs",
+                available: false,
+                detail,
+                needed_by: &[features::ISOLATE],
+            });
+            None
+        }
+    }
+}
+
+/// After release: none of ours on any hook. Returns the foreign programs left.
+fn verify_released(abs: &std::path::Path) -> Result<u32, AgentError> {
+    let state = enforce::inspect(abs)?;
+    let ours: Vec<&str> = state.iter().filter(|(_, s)| !s.ours.is_empty()).map(|(h, _)| *h).collect();
+    if !ours.is_empty() {
+        return Err(AgentError::NotVerified(format!("our programs are still attached at {ours:?}")));
+    }
+    Ok(state.values().map(|s| s.foreign.len() as u32).sum())
+}
+
+/// The kernel policy for an order.
+fn policy_for(order: &IsolateOrder) -> StkPolicy {
+    let mut policy = StkPolicy { flags: STK_F_ISOLATED, ..Default::default() };
+    if order.mode == Mode::AllowNodeProbes {
+        policy.flags |= STK_F_ALLOW_NODE_PROBES;
+    }
+    for (slot, entry) in policy.rules.iter_mut().zip(&order.allow) {
+        *slot = entry.to_rule();
+    }
+    policy.n_rules = order.allow.len().min(policy.rules.len()) as u32;
+    policy
+}
+
+/// Every address of every interface in the agent's network namespace
+/// (the node's, since the agent runs with hostNetwork).
+fn node_addrs() -> Result<Vec<IpAddr>, nix::Error> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    out.retain(|a| !a.is_loopback());
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::AllowNodeProbes => "node-probes",
+        Mode::Strict => "strict",
+    }
+}
+
+fn mode_to_proto(mode: Mode) -> v1::IsolationMode {
+    match mode {
+        Mode::AllowNodeProbes => v1::IsolationMode::AllowNodeProbes,
+        Mode::Strict => v1::IsolationMode::Strict,
+    }
+}
+
+fn humantime_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!("unix time {secs}")
+}
+
+fn feature_to_proto(f: &Feature) -> v1::KernelFeature {
+    v1::KernelFeature {
+        name: f.name.into(),
+        available: f.available,
+        detail: f.detail.clone(),
+        needed_by: f.needed_by.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn pod_to_proto(p: &PodCgroup, named: Option<&CriPod>, isolated: bool) -> v1::Pod {
+    v1::Pod {
+        uid: p.uid.to_string(),
+        namespace: named.map(|n| n.namespace.clone()).unwrap_or_default(),
+        name: named.map(|n| n.name.clone()).unwrap_or_default(),
+        qos_class: match p.qos {
+            cgroup::QosClass::Guaranteed => v1::QosClass::Guaranteed,
+            cgroup::QosClass::Burstable => v1::QosClass::Burstable,
+            cgroup::QosClass::BestEffort => v1::QosClass::BestEffort,
+        } as i32,
+        cgroup_path: p.path.clone(),
+        cgroup_id: p.cgroup_id,
+        containers: p
+            .containers
+            .iter()
+            .map(|c| {
+                let cri = named.and_then(|n| n.containers.iter().find(|x| x.id == c.id.as_str()));
+                v1::Container {
+                    id: c.id.to_string(),
+                    name: cri.map(|x| x.name.clone()).unwrap_or_default(),
+                    runtime: c.runtime.as_str().into(),
+                    cgroup_path: c.path.clone(),
+                    cgroup_id: c.cgroup_id,
+                    state: cri.map(|x| x.state.clone()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+        cgroup_driver: match p.driver {
+            cgroup::CgroupDriver::Systemd => "systemd",
+            cgroup::CgroupDriver::Cgroupfs => "cgroupfs",
+        }
+        .into(),
+        isolated,
+    }
+}
