@@ -126,7 +126,10 @@ mod tests {
     fn layout() -> Vec<(&'static str, usize)> {
         macro_rules! field {
             ($c:literal, $t:ty, $f:ident) => {
-                (concat!("offsetof(struct ", $c, ", ", stringify!($f), ")"), offset_of!($t, $f))
+                (
+                    concat!("offsetof(struct ", $c, ", ", stringify!($f), ")"),
+                    offset_of!($t, $f),
+                )
             };
         }
         vec![

@@ -56,7 +56,10 @@ mod tests {
             maps::NODE_FLOWS,
             maps::EVENTS,
         ] {
-            assert!(parsed.iter().any(|n| n == name), "{name} missing from the object");
+            assert!(
+                parsed.iter().any(|n| n == name),
+                "{name} missing from the object"
+            );
             assert!(name.len() < 16, "{name} is longer than the kernel keeps");
         }
     }

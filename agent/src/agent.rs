@@ -123,7 +123,10 @@ impl Agent {
                 .inspect_err(|e| warn!(error = %error_chain(e), "no cgroup2 hierarchy"))
                 .ok(),
         };
-        let own_cgroup = cgroups.as_ref().and_then(|c| c.own_cgroup().ok()).unwrap_or_default();
+        let own_cgroup = cgroups
+            .as_ref()
+            .and_then(|c| c.own_cgroup().ok())
+            .unwrap_or_default();
         let mut features = features::probe(cgroups.as_ref().map(|c| c.root()), &settings.pin_root);
 
         let enforcer = load_enforcer(&settings, &mut features);
@@ -163,8 +166,17 @@ impl Agent {
             kernel_release: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            cgroup2_mount: self.cgroups.as_ref().map(|c| c.root().display().to_string()).unwrap_or_default(),
-            bpffs_dir: self.settings.pin_root.join(enforce::PIN_LAYOUT).display().to_string(),
+            cgroup2_mount: self
+                .cgroups
+                .as_ref()
+                .map(|c| c.root().display().to_string())
+                .unwrap_or_default(),
+            bpffs_dir: self
+                .settings
+                .pin_root
+                .join(enforce::PIN_LAYOUT)
+                .display()
+                .to_string(),
             features: self.features.iter().map(feature_to_proto).collect(),
             started_at: Some(self.started_at.into()),
             pod_metadata_source: match &self.cri {
@@ -182,7 +194,13 @@ impl Agent {
         let isolated = self.lock_records().keys().copied().collect::<Vec<_>>();
         Ok(found
             .iter()
-            .map(|p| pod_to_proto(p, named.iter().find(|n| n.uid == p.uid.as_str()), isolated.contains(&p.cgroup_id)))
+            .map(|p| {
+                pod_to_proto(
+                    p,
+                    named.iter().find(|n| n.uid == p.uid.as_str()),
+                    isolated.contains(&p.cgroup_id),
+                )
+            })
             .collect())
     }
 
@@ -214,7 +232,10 @@ impl Agent {
 
         self.verify_isolated(&attached, pod.cgroup_id, &policy)?;
         let record = Record {
-            namespace: cri.as_ref().map(|c| c.namespace.clone()).unwrap_or_default(),
+            namespace: cri
+                .as_ref()
+                .map(|c| c.namespace.clone())
+                .unwrap_or_default(),
             name: cri.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
             pod,
             mode: order.mode,
@@ -238,7 +259,10 @@ impl Agent {
     }
 
     /// Lifts an isolation, removing exactly our attachments.
-    pub async fn release(&self, req: &v1::ReleaseRequest) -> Result<v1::ReleaseResponse, AgentError> {
+    pub async fn release(
+        &self,
+        req: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, AgentError> {
         let received_at = SystemTime::now();
         let (target, _reason) = validate::release(req)?;
         self.require(features::ISOLATE)?;
@@ -271,7 +295,9 @@ impl Agent {
             let attached = match &self.enforcer {
                 Some(_) => {
                     let abs = self.cgroups()?.abs(&record.pod.path);
-                    self.lock_enforcer()?.attachments(&abs, record.pod.cgroup_id).unwrap_or_default()
+                    self.lock_enforcer()?
+                        .attachments(&abs, record.pod.cgroup_id)
+                        .unwrap_or_default()
                 }
                 None => Vec::new(),
             };
@@ -293,7 +319,9 @@ impl Agent {
 
     /// Re-reads the node's own addresses into the kernel (node-probe mode).
     pub fn refresh_node_addrs(&self) {
-        let Some(enforcer) = &self.enforcer else { return };
+        let Some(enforcer) = &self.enforcer else {
+            return;
+        };
         let addrs = match node_addrs() {
             Ok(a) => a,
             Err(e) => return warn!(error = %e, "cannot list the node's addresses"),
@@ -335,7 +363,9 @@ impl Agent {
     }
 
     async fn runtime_pods(&self) -> Vec<CriPod> {
-        let Some(cri) = &self.cri else { return Vec::new() };
+        let Some(cri) = &self.cri else {
+            return Vec::new();
+        };
         match cri.list_pods().await {
             Ok(pods) => pods,
             Err(e) => {
@@ -351,7 +381,11 @@ impl Agent {
         match target {
             PodTarget::Uid(uid) => {
                 let pod = cgroups.find_pod(uid)?;
-                let named = self.runtime_pods().await.into_iter().find(|p| p.uid == uid.as_str());
+                let named = self
+                    .runtime_pods()
+                    .await
+                    .into_iter()
+                    .find(|p| p.uid == uid.as_str());
                 Ok((pod, named))
             }
             PodTarget::Name { namespace, name } => {
@@ -366,9 +400,16 @@ impl Agent {
                     .await
                     .into_iter()
                     .find(|p| &p.namespace == namespace && &p.name == name)
-                    .ok_or_else(|| AgentError::NotFound(format!("pod {namespace}/{name} is not on node {}", self.settings.node_name)))?;
+                    .ok_or_else(|| {
+                        AgentError::NotFound(format!(
+                            "pod {namespace}/{name} is not on node {}",
+                            self.settings.node_name
+                        ))
+                    })?;
                 let uid: PodUid = named.uid.parse().map_err(|_| {
-                    AgentError::Refused(format!("the runtime reports a malformed UID for {namespace}/{name}"))
+                    AgentError::Refused(format!(
+                        "the runtime reports a malformed UID for {namespace}/{name}"
+                    ))
                 })?;
                 Ok((cgroups.find_pod(&uid)?, Some(named)))
             }
@@ -386,7 +427,10 @@ impl Agent {
                 let isolated = self.lock_records().contains_key(&id)
                     || self.lock_enforcer()?.policy(id)?.is_some();
                 if !isolated {
-                    return Err(AgentError::NotFound(format!("pod {} is not isolated", pod.uid)));
+                    return Err(AgentError::NotFound(format!(
+                        "pod {} is not isolated",
+                        pod.uid
+                    )));
                 }
                 let abs = self.cgroups()?.abs(&pod.path);
                 Ok((id, Some((pod, cri)), Some(abs)))
@@ -396,7 +440,9 @@ impl Agent {
                 let records = self.lock_records();
                 let gone = records.iter().find(|(_, r)| match target {
                     PodTarget::Uid(uid) => r.pod.uid == *uid,
-                    PodTarget::Name { namespace, name } => &r.namespace == namespace && &r.name == name,
+                    PodTarget::Name { namespace, name } => {
+                        &r.namespace == namespace && &r.name == name
+                    }
                 });
                 match gone {
                     Some((id, _)) => Ok((*id, None, None)),
@@ -408,7 +454,12 @@ impl Agent {
     }
 
     /// Every hook holds one of our programs and the policy reads back.
-    fn verify_isolated(&self, attached: &[Attached], id: u64, policy: &StkPolicy) -> Result<(), AgentError> {
+    fn verify_isolated(
+        &self,
+        attached: &[Attached],
+        id: u64,
+        policy: &StkPolicy,
+    ) -> Result<(), AgentError> {
         let missing: Vec<&str> = enforce::HOOKS
             .iter()
             .filter(|h| !attached.iter().any(|a| a.hook == h.name))
@@ -424,7 +475,11 @@ impl Agent {
         }
         Err(AgentError::NotVerified(format!(
             "hooks not attached after isolate: {missing:?}; policy read back: {}",
-            if stored.as_ref() == Some(policy) { "ok" } else { "differs" }
+            if stored.as_ref() == Some(policy) {
+                "ok"
+            } else {
+                "differs"
+            }
         )))
     }
 
@@ -435,8 +490,13 @@ impl Agent {
     /// isolation are not kept across restarts (no ledger yet); the policy
     /// itself (mode and allow-list) is read back from the kernel.
     fn adopt(&self) {
-        let (Some(cgroups), Some(_)) = (&self.cgroups, &self.enforcer) else { return };
-        let Ok(mut ids) = self.lock_enforcer().and_then(|e| Ok((e.pinned_cgroups()?, e.policy_cgroups()?))) else {
+        let (Some(cgroups), Some(_)) = (&self.cgroups, &self.enforcer) else {
+            return;
+        };
+        let Ok(mut ids) = self
+            .lock_enforcer()
+            .and_then(|e| Ok((e.pinned_cgroups()?, e.policy_cgroups()?)))
+        else {
             return warn!("cannot list pinned isolations");
         };
         ids.0.append(&mut ids.1);
@@ -449,9 +509,14 @@ impl Agent {
     }
 
     fn adopt_one(&self, cgroups: &Cgroup2, pods: &[PodCgroup], id: u64) {
-        let Ok(mut enforcer) = self.lock_enforcer() else { return };
+        let Ok(mut enforcer) = self.lock_enforcer() else {
+            return;
+        };
         let Some(pod) = pods.iter().find(|p| p.cgroup_id == id) else {
-            info!(cgroup.id = id, "pod of a pinned isolation is gone: removing its pins");
+            info!(
+                cgroup.id = id,
+                "pod of a pinned isolation is gone: removing its pins"
+            );
             if let Err(e) = enforcer.release(id) {
                 warn!(cgroup.id = id, error = %error_chain(&e), "cannot remove stale pins");
             }
@@ -471,7 +536,11 @@ impl Agent {
             pod: pod.clone(),
             namespace: String::new(),
             name: String::new(),
-            mode: if policy.flags & STK_F_ALLOW_NODE_PROBES != 0 { Mode::AllowNodeProbes } else { Mode::Strict },
+            mode: if policy.flags & STK_F_ALLOW_NODE_PROBES != 0 {
+                Mode::AllowNodeProbes
+            } else {
+                Mode::Strict
+            },
             allow: validate::entries_from_policy(&policy),
             reason: "adopted from the kernel after an agent restart".into(),
             reference: String::new(),
@@ -504,7 +573,11 @@ impl Agent {
             verified_at: Some(SystemTime::now().into()),
             attachments: attached
                 .into_iter()
-                .map(|a| v1::Attachment { hook: a.hook.into(), program_id: a.program_id, pin: a.pin.display().to_string() })
+                .map(|a| v1::Attachment {
+                    hook: a.hook.into(),
+                    program_id: a.program_id,
+                    pin: a.pin.display().to_string(),
+                })
                 .collect(),
             counters: Some(v1::Counters {
                 ingress_dropped: counters.ingress_dropped,
@@ -540,16 +613,25 @@ fn load_enforcer(settings: &Settings, features: &mut Vec<Feature>) -> Option<Enf
 /// After release: none of ours on any hook. Returns the foreign programs left.
 fn verify_released(abs: &std::path::Path) -> Result<u32, AgentError> {
     let state = enforce::inspect(abs)?;
-    let ours: Vec<&str> = state.iter().filter(|(_, s)| !s.ours.is_empty()).map(|(h, _)| *h).collect();
+    let ours: Vec<&str> = state
+        .iter()
+        .filter(|(_, s)| !s.ours.is_empty())
+        .map(|(h, _)| *h)
+        .collect();
     if !ours.is_empty() {
-        return Err(AgentError::NotVerified(format!("our programs are still attached at {ours:?}")));
+        return Err(AgentError::NotVerified(format!(
+            "our programs are still attached at {ours:?}"
+        )));
     }
     Ok(state.values().map(|s| s.foreign.len() as u32).sum())
 }
 
 /// The kernel policy for an order.
 fn policy_for(order: &IsolateOrder) -> StkPolicy {
-    let mut policy = StkPolicy { flags: STK_F_ISOLATED, ..Default::default() };
+    let mut policy = StkPolicy {
+        flags: STK_F_ISOLATED,
+        ..Default::default()
+    };
     if order.mode == Mode::AllowNodeProbes {
         policy.flags |= STK_F_ALLOW_NODE_PROBES;
     }
@@ -593,7 +675,10 @@ fn mode_to_proto(mode: Mode) -> v1::IsolationMode {
 }
 
 fn humantime_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     format!("unix time {secs}")
 }
 

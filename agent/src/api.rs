@@ -33,7 +33,10 @@ pub fn status(err: AgentError) -> Status {
 
 #[tonic::async_trait]
 impl Stockade for Service {
-    async fn get_info(&self, _: Request<v1::GetInfoRequest>) -> Result<Response<v1::AgentInfo>, Status> {
+    async fn get_info(
+        &self,
+        _: Request<v1::GetInfoRequest>,
+    ) -> Result<Response<v1::AgentInfo>, Status> {
         Ok(Response::new(self.agent.info()))
     }
 
@@ -50,7 +53,9 @@ impl Stockade for Service {
         req: Request<v1::IsolateRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
         let isolation = self.agent.isolate(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(v1::IsolateResponse { isolation: Some(isolation) }))
+        Ok(Response::new(v1::IsolateResponse {
+            isolation: Some(isolation),
+        }))
     }
 
     async fn release(
@@ -80,10 +85,19 @@ mod tests {
     #[test]
     fn every_error_kind_has_its_own_code() {
         let cases = [
-            (AgentError::Invalid(FieldError { field: "reason".into(), reason: "required".into() }), Code::InvalidArgument),
+            (
+                AgentError::Invalid(FieldError {
+                    field: "reason".into(),
+                    reason: "required".into(),
+                }),
+                Code::InvalidArgument,
+            ),
             (AgentError::NotFound("x".into()), Code::NotFound),
             (AgentError::Refused("x".into()), Code::FailedPrecondition),
-            (AgentError::MissingFeature("x".into()), Code::FailedPrecondition),
+            (
+                AgentError::MissingFeature("x".into()),
+                Code::FailedPrecondition,
+            ),
             (AgentError::AlreadyIsolated("x".into()), Code::AlreadyExists),
             (AgentError::Kernel("x".into()), Code::Internal),
         ];
@@ -94,7 +108,10 @@ mod tests {
 
     #[test]
     fn invalid_argument_names_the_field() {
-        let err = AgentError::Invalid(FieldError { field: "allow[0].cidr".into(), reason: "bad".into() });
+        let err = AgentError::Invalid(FieldError {
+            field: "allow[0].cidr".into(),
+            reason: "bad".into(),
+        });
         assert_eq!(status(err).message(), "allow[0].cidr: bad");
     }
 }

@@ -47,9 +47,17 @@ pub fn to_refusal(ev: &StkEvent) -> (u64, v1::Refusal) {
         Some(v4) => v4.to_string(),
         None => addr.to_string(),
     };
-    let comm_end = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+    let comm_end = ev
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(ev.comm.len());
     let comm = String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned();
-    let kind = if ev.kind == STK_EV_CONNECT_REFUSED { "connect" } else { "sendmsg" };
+    let kind = if ev.kind == STK_EV_CONNECT_REFUSED {
+        "connect"
+    } else {
+        "sendmsg"
+    };
     let protocol = match ev.proto {
         6 => v1::Protocol::Tcp,
         17 => v1::Protocol::Udp,
@@ -94,12 +102,21 @@ mod tests {
 
     #[test]
     fn a_v4_mapped_destination_is_shown_as_ipv4() {
-        let mut ev = StkEvent { kind: STK_EV_CONNECT_REFUSED, port: 443, proto: 6, pid: 7, ..Default::default() };
+        let mut ev = StkEvent {
+            kind: STK_EV_CONNECT_REFUSED,
+            port: 443,
+            proto: 6,
+            pid: 7,
+            ..Default::default()
+        };
         ev.addr = "::ffff:10.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
         ev.comm[..4].copy_from_slice(b"curl");
         let (_, r) = to_refusal(&ev);
         assert_eq!(r.destination, "10.0.0.9");
-        assert_eq!((r.kind.as_str(), r.port, r.comm.as_str()), ("connect", 443, "curl"));
+        assert_eq!(
+            (r.kind.as_str(), r.port, r.comm.as_str()),
+            ("connect", 443, "curl")
+        );
         assert_eq!(r.protocol, v1::Protocol::Tcp as i32);
     }
 }

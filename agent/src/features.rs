@@ -27,8 +27,17 @@ pub struct Feature {
 }
 
 impl Feature {
-    fn new(name: &'static str, needed_by: &'static [&'static str], missing: Option<String>) -> Self {
-        Self { name, available: missing.is_none(), detail: missing.unwrap_or_default(), needed_by }
+    fn new(
+        name: &'static str,
+        needed_by: &'static [&'static str],
+        missing: Option<String>,
+    ) -> Self {
+        Self {
+            name,
+            available: missing.is_none(),
+            detail: missing.unwrap_or_default(),
+            needed_by,
+        }
     }
 }
 
@@ -38,8 +47,16 @@ pub fn probe(cgroup2: Option<&Path>, bpffs: &Path) -> Vec<Feature> {
     vec![
         Feature::new("cgroup2", &[ISOLATE], cgroup2_missing(cgroup2)),
         Feature::new("bpffs", &[ISOLATE], bpffs_missing(bpffs)),
-        Feature::new("cgroup_skb", &[ISOLATE], program_missing(ProgramType::CgroupSkb)),
-        Feature::new("cgroup_sock_addr", &[ISOLATE], program_missing(ProgramType::CgroupSockAddr)),
+        Feature::new(
+            "cgroup_skb",
+            &[ISOLATE],
+            program_missing(ProgramType::CgroupSkb),
+        ),
+        Feature::new(
+            "cgroup_sock_addr",
+            &[ISOLATE],
+            program_missing(ProgramType::CgroupSockAddr),
+        ),
         Feature::new("bpf_link_cgroup", &[ISOLATE], link_missing()),
         Feature::new("ringbuf", &[], ringbuf_missing()),
         Feature::new("btf", &[], btf_missing()),
@@ -56,15 +73,20 @@ pub fn missing_for(features: &[Feature], order: &str) -> Option<String> {
     if missing.is_empty() {
         return None;
     }
-    Some(format!("{order} needs kernel features this node lacks: {}", missing.join("; ")))
+    Some(format!(
+        "{order} needs kernel features this node lacks: {}",
+        missing.join("; ")
+    ))
 }
 
 fn cgroup2_missing(mount: Option<&Path>) -> Option<String> {
     match mount {
         Some(_) => None,
-        None => Some("no cgroup2 hierarchy is mounted (see /proc/self/mountinfo); \
+        None => Some(
+            "no cgroup2 hierarchy is mounted (see /proc/self/mountinfo); \
                       pods cannot be found or isolated"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -86,14 +108,18 @@ fn program_missing(kind: ProgramType) -> Option<String> {
     match is_program_supported(kind) {
         Ok(true) => None,
         Ok(false) => Some(format!("the kernel does not load {kind:?} programs")),
-        Err(e) => Some(format!("probing {kind:?} failed: {e} (is CAP_BPF or root granted?)")),
+        Err(e) => Some(format!(
+            "probing {kind:?} failed: {e} (is CAP_BPF or root granted?)"
+        )),
     }
 }
 
 fn link_missing() -> Option<String> {
     match KernelVersion::current() {
         Ok(v) if v >= KernelVersion::new(5, 7, 0) => None,
-        Ok(v) => Some(format!("kernel {v:?} has no BPF links for cgroups (needs 5.7)")),
+        Ok(v) => Some(format!(
+            "kernel {v:?} has no BPF links for cgroups (needs 5.7)"
+        )),
         Err(e) => Some(format!("cannot read the kernel version: {e}")),
     }
 }
@@ -101,7 +127,9 @@ fn link_missing() -> Option<String> {
 fn ringbuf_missing() -> Option<String> {
     match is_map_supported(MapType::RingBuf) {
         Ok(true) => None,
-        Ok(false) => Some("no BPF ring buffer (needs 5.8): refused attempts are not recorded".into()),
+        Ok(false) => {
+            Some("no BPF ring buffer (needs 5.8): refused attempts are not recorded".into())
+        }
         Err(e) => Some(format!("probing the BPF ring buffer failed: {e}")),
     }
 }
@@ -118,7 +146,12 @@ mod tests {
     use super::*;
 
     fn feature(name: &'static str, available: bool, needed_by: &'static [&'static str]) -> Feature {
-        Feature { name, available, detail: "why".into(), needed_by }
+        Feature {
+            name,
+            available,
+            detail: "why".into(),
+            needed_by,
+        }
     }
 
     #[test]
@@ -129,7 +162,10 @@ mod tests {
             feature("bpffs", true, &[ISOLATE]),
         ];
         let msg = missing_for(&features, ISOLATE).unwrap();
-        assert_eq!(msg, "isolate needs kernel features this node lacks: cgroup_skb (why)");
+        assert_eq!(
+            msg,
+            "isolate needs kernel features this node lacks: cgroup_skb (why)"
+        );
         assert_eq!(missing_for(&features[1..], ISOLATE), None);
     }
 

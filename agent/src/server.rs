@@ -13,13 +13,21 @@ use tracing::warn;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot prepare the socket folder {path}")]
-    SocketDir { path: String, #[source] source: std::io::Error },
+    SocketDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: String },
     #[error("another agent is already serving on {path}")]
     InUse { path: String },
     #[error("cannot listen on {path}")]
-    Bind { path: String, #[source] source: std::io::Error },
+    Bind {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Binds `path` with mode 0600 in a folder of mode 0700, replacing a stale
@@ -29,9 +37,16 @@ pub async fn bind_root_only(
 ) -> Result<impl Stream<Item = std::io::Result<UnixStream>>, ServerError> {
     let shown = path.display().to_string();
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| ServerError::SocketDir { path: shown.clone(), source })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|source| ServerError::SocketDir { path: shown.clone(), source })?;
+        fs::create_dir_all(dir).map_err(|source| ServerError::SocketDir {
+            path: shown.clone(),
+            source,
+        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            ServerError::SocketDir {
+                path: shown.clone(),
+                source,
+            }
+        })?;
     }
     if let Ok(meta) = fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -42,9 +57,16 @@ pub async fn bind_root_only(
         }
         let _ = fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind { path: shown.clone(), source })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|source| ServerError::Bind { path: shown, source })?;
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: shown.clone(),
+        source,
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ServerError::Bind {
+            path: shown,
+            source,
+        }
+    })?;
 
     Ok(UnixListenerStream::new(listener).filter(|conn| match conn {
         Ok(stream) => is_root(stream),

@@ -1,1 +1,68 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`: machine setup, the eBPF
+//! object build and its reproducibility check, and the one command that
+//! runs every test.
+
+mod ebpf;
+mod process;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Stockade's build, check and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the packages and mount the filesystems the tests need (root).
+    Setup,
+    /// Rebuild agent-ebpf/obj/stockade.bpf.o from its C source.
+    Ebpf,
+    /// Fail if the committed eBPF object differs from a fresh build.
+    CheckEbpf,
+    /// Run setup, check-ebpf, build, every test, clippy and rustfmt (root).
+    Test,
+    /// Not written yet.
+    Demo,
+    /// Not written yet.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task, &workspace_root()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task, root: &Path) -> anyhow::Result<ExitCode> {
+    match task {
+        Task::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Task::Ebpf => ebpf::rebuild(root).map(|()| ExitCode::SUCCESS),
+        Task::CheckEbpf => ebpf::check(root).map(|()| ExitCode::SUCCESS),
+        Task::Test => test::run(root),
+        Task::Demo | Task::Bench => {
+            eprintln!("not yet");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The workspace is this crate's parent folder, wherever it was cloned.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}

@@ -21,7 +21,11 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Unix socket of the node-local API (root only).
-    #[arg(long, env = "STOCKADE_SOCKET", default_value = "/run/stockade/agent.sock")]
+    #[arg(
+        long,
+        env = "STOCKADE_SOCKET",
+        default_value = "/run/stockade/agent.sock"
+    )]
     socket: PathBuf,
     /// Folder on bpffs for the agent's pinned links and maps.
     #[arg(long, env = "STOCKADE_PIN_DIR", default_value = "/sys/fs/bpf/stockade")]
@@ -84,7 +88,9 @@ async fn main() -> anyhow::Result<()> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -93,8 +99,12 @@ fn init_logs(format: LogFormat) {
 
 fn banner(agent: &Agent, args: &Args) {
     let info = agent.info();
-    let missing: Vec<&str> =
-        agent.features().iter().filter(|f| !f.available).map(|f| f.name).collect();
+    let missing: Vec<&str> = agent
+        .features()
+        .iter()
+        .filter(|f| !f.available)
+        .map(|f| f.name)
+        .collect();
     info!(
         version = %info.version,
         node = %info.node_name,
@@ -118,7 +128,9 @@ async fn connect_runtime(choice: &str, timeout: Duration) -> Option<CriClient> {
     for socket in candidates.iter().filter(|p| p.exists()) {
         match CriClient::connect(socket, timeout).await {
             Ok(client) => return Some(client),
-            Err(e) => warn!(socket = %socket.display(), error = %e, "runtime socket did not answer"),
+            Err(e) => {
+                warn!(socket = %socket.display(), error = %e, "runtime socket did not answer")
+            }
         }
     }
     warn!(tried = ?candidates, "no container runtime socket: pods are known by UID only");
@@ -152,7 +164,9 @@ fn hostname() -> String {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -73,40 +73,113 @@ pub struct Hook {
 /// connection-level hooks first, so that new attempts fail with EPERM
 /// before packets start being dropped.
 pub const HOOKS: [Hook; 6] = [
-    Hook { name: "cgroup/connect4", program: programs::CONNECT4, pin: "connect4", attach_type: attach_type::CONNECT4 },
-    Hook { name: "cgroup/connect6", program: programs::CONNECT6, pin: "connect6", attach_type: attach_type::CONNECT6 },
-    Hook { name: "cgroup/sendmsg4", program: programs::SENDMSG4, pin: "sendmsg4", attach_type: attach_type::SENDMSG4 },
-    Hook { name: "cgroup/sendmsg6", program: programs::SENDMSG6, pin: "sendmsg6", attach_type: attach_type::SENDMSG6 },
-    Hook { name: "cgroup_skb/egress", program: programs::EGRESS, pin: "egress", attach_type: attach_type::EGRESS },
-    Hook { name: "cgroup_skb/ingress", program: programs::INGRESS, pin: "ingress", attach_type: attach_type::INGRESS },
+    Hook {
+        name: "cgroup/connect4",
+        program: programs::CONNECT4,
+        pin: "connect4",
+        attach_type: attach_type::CONNECT4,
+    },
+    Hook {
+        name: "cgroup/connect6",
+        program: programs::CONNECT6,
+        pin: "connect6",
+        attach_type: attach_type::CONNECT6,
+    },
+    Hook {
+        name: "cgroup/sendmsg4",
+        program: programs::SENDMSG4,
+        pin: "sendmsg4",
+        attach_type: attach_type::SENDMSG4,
+    },
+    Hook {
+        name: "cgroup/sendmsg6",
+        program: programs::SENDMSG6,
+        pin: "sendmsg6",
+        attach_type: attach_type::SENDMSG6,
+    },
+    Hook {
+        name: "cgroup_skb/egress",
+        program: programs::EGRESS,
+        pin: "egress",
+        attach_type: attach_type::EGRESS,
+    },
+    Hook {
+        name: "cgroup_skb/ingress",
+        program: programs::INGRESS,
+        pin: "ingress",
+        attach_type: attach_type::INGRESS,
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
     #[error("cannot prepare the pin folder {path}")]
-    PinDir { path: PathBuf, #[source] source: io::Error },
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel refused to load the isolation programs")]
-    Load { #[source] source: Box<aya::EbpfError> },
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("the kernel refused to load program {program}")]
-    LoadProgram { program: &'static str, #[source] source: Box<aya::programs::ProgramError> },
+    LoadProgram {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("program {program} is missing from the embedded object")]
     MissingProgram { program: &'static str },
     #[error("map {map} is missing from the embedded object")]
     MissingMap { map: &'static str },
     #[error("map {map}: {op} failed")]
-    Map { map: &'static str, op: &'static str, #[source] source: Box<aya::maps::MapError> },
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
     #[error("cannot open cgroup {path}")]
-    OpenCgroup { path: PathBuf, #[source] source: io::Error },
+    OpenCgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel refused to attach {hook} to {path}")]
-    Attach { hook: &'static str, path: PathBuf, #[source] source: Box<aya::programs::ProgramError> },
+    Attach {
+        hook: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("the {hook} attachment is not a BPF link (kernel older than 5.7?)")]
-    NotFdLink { hook: &'static str, #[source] source: aya::programs::links::LinkError },
+    NotFdLink {
+        hook: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("cannot pin the {hook} link at {pin}")]
-    Pin { hook: &'static str, pin: PathBuf, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Pin {
+        hook: &'static str,
+        pin: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot remove the pinned link {pin}")]
-    Unpin { pin: PathBuf, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Unpin {
+        pin: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot query the programs attached to {path} at {hook}")]
-    Query { hook: &'static str, path: PathBuf, #[source] source: io::Error },
+    Query {
+        hook: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 type Result<T, E = EnforceError> = std::result::Result<T, E>;
@@ -139,15 +212,21 @@ impl Enforcer {
     pub fn load(pin_root: &Path) -> Result<Self> {
         let dir = pin_root.join(PIN_LAYOUT);
         let map_dir = dir.join("maps");
-        fs::create_dir_all(&map_dir)
-            .map_err(|source| EnforceError::PinDir { path: map_dir.clone(), source })?;
-        fs::create_dir_all(dir.join("cgroups"))
-            .map_err(|source| EnforceError::PinDir { path: dir.clone(), source })?;
+        fs::create_dir_all(&map_dir).map_err(|source| EnforceError::PinDir {
+            path: map_dir.clone(),
+            source,
+        })?;
+        fs::create_dir_all(dir.join("cgroups")).map_err(|source| EnforceError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
 
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .load(OBJECT)
-            .map_err(|e| EnforceError::Load { source: Box::new(e) })?;
+            .map_err(|e| EnforceError::Load {
+                source: Box::new(e),
+            })?;
 
         for hook in HOOKS {
             load_program(&mut ebpf, hook.program)?;
@@ -166,10 +245,12 @@ impl Enforcer {
         let old: Vec<StkAddr> = map.keys().filter_map(|k| k.ok()).collect();
         let wanted: Vec<StkAddr> = addrs.iter().map(|a| StkAddr { b: addr16(*a) }).collect();
         for key in old.iter().filter(|k| !wanted.contains(k)) {
-            map.remove(key).map_err(map_err(maps::NODE_ADDRS, "remove"))?;
+            map.remove(key)
+                .map_err(map_err(maps::NODE_ADDRS, "remove"))?;
         }
         for key in &wanted {
-            map.insert(key, 1, 0).map_err(map_err(maps::NODE_ADDRS, "insert"))?;
+            map.insert(key, 1, 0)
+                .map_err(map_err(maps::NODE_ADDRS, "insert"))?;
         }
         Ok(())
     }
@@ -208,7 +289,10 @@ impl Enforcer {
         }
         if let Err(source) = fs::remove_dir(&folder) {
             if source.kind() != io::ErrorKind::NotFound {
-                return Err(EnforceError::Unpin { pin: folder, source: Box::new(source) });
+                return Err(EnforceError::Unpin {
+                    pin: folder,
+                    source: Box::new(source),
+                });
             }
         }
         self.delete_policy(id)
@@ -221,11 +305,21 @@ impl Enforcer {
         let mut out = Vec::new();
         for hook in HOOKS {
             let pin = self.cgroup_dir(id).join(hook.pin);
-            let Ok(link) = PinnedLink::from_pin(&pin) else { continue };
-            let Ok(info) = FdLink::from(link).info() else { continue };
-            let attached = state.get(hook.name).is_some_and(|s| s.ours.contains(&info.program_id()));
+            let Ok(link) = PinnedLink::from_pin(&pin) else {
+                continue;
+            };
+            let Ok(info) = FdLink::from(link).info() else {
+                continue;
+            };
+            let attached = state
+                .get(hook.name)
+                .is_some_and(|s| s.ours.contains(&info.program_id()));
             if attached {
-                out.push(Attached { hook: hook.name, program_id: info.program_id(), pin });
+                out.push(Attached {
+                    hook: hook.name,
+                    program_id: info.program_id(),
+                    pin,
+                });
             }
         }
         Ok(out)
@@ -254,8 +348,10 @@ impl Enforcer {
     /// Cgroup ids that have a pin folder, whatever the state of their links.
     pub fn pinned_cgroups(&self) -> Result<Vec<u64>> {
         let folder = self.dir.join("cgroups");
-        let entries = fs::read_dir(&folder)
-            .map_err(|source| EnforceError::PinDir { path: folder.clone(), source })?;
+        let entries = fs::read_dir(&folder).map_err(|source| EnforceError::PinDir {
+            path: folder.clone(),
+            source,
+        })?;
         Ok(entries
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
@@ -270,7 +366,10 @@ impl Enforcer {
 
     /// Takes the ring buffer of refused attempts, for the event reader.
     pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
-        let map = self.ebpf.take_map(maps::EVENTS).ok_or(EnforceError::MissingMap { map: maps::EVENTS })?;
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(EnforceError::MissingMap { map: maps::EVENTS })?;
         aya::maps::RingBuf::try_from(map).map_err(map_err(maps::EVENTS, "open"))
     }
 
@@ -291,17 +390,32 @@ impl Enforcer {
             return Ok(None);
         }
         let folder = self.cgroup_dir(id);
-        fs::create_dir_all(&folder)
-            .map_err(|source| EnforceError::PinDir { path: folder, source })?;
+        fs::create_dir_all(&folder).map_err(|source| EnforceError::PinDir {
+            path: folder,
+            source,
+        })?;
 
         let link = self.attach(cgroup, path, hook)?;
-        link.pin(&pin).map_err(|e| EnforceError::Pin { hook: hook.name, pin: pin.clone(), source: Box::new(e) })?;
+        link.pin(&pin).map_err(|e| EnforceError::Pin {
+            hook: hook.name,
+            pin: pin.clone(),
+            source: Box::new(e),
+        })?;
         Ok(Some(pin))
     }
 
     fn attach(&mut self, cgroup: &File, path: &Path, hook: Hook) -> Result<FdLink> {
-        let attach_err = |e| EnforceError::Attach { hook: hook.name, path: path.to_owned(), source: Box::new(e) };
-        let prog = self.ebpf.program_mut(hook.program).ok_or(EnforceError::MissingProgram { program: hook.program })?;
+        let attach_err = |e| EnforceError::Attach {
+            hook: hook.name,
+            path: path.to_owned(),
+            source: Box::new(e),
+        };
+        let prog = self
+            .ebpf
+            .program_mut(hook.program)
+            .ok_or(EnforceError::MissingProgram {
+                program: hook.program,
+            })?;
         // Single: with a link the kernel still lets other tools' programs
         // run beside ours (see KERNEL-NOTES.md on AllowMultiple).
         let mode = CgroupAttachMode::Single;
@@ -313,12 +427,18 @@ impl Enforcer {
             };
             let link_id = p.attach(cgroup, kind, mode).map_err(attach_err)?;
             let link = p.take_link(link_id).map_err(attach_err)?;
-            FdLink::try_from(link).map_err(|source| EnforceError::NotFdLink { hook: hook.name, source })?
+            FdLink::try_from(link).map_err(|source| EnforceError::NotFdLink {
+                hook: hook.name,
+                source,
+            })?
         } else {
             let p = <&mut CgroupSockAddr>::try_from(prog).map_err(attach_err)?;
             let link_id = p.attach(cgroup, mode).map_err(attach_err)?;
             let link = p.take_link(link_id).map_err(attach_err)?;
-            FdLink::try_from(link).map_err(|source| EnforceError::NotFdLink { hook: hook.name, source })?
+            FdLink::try_from(link).map_err(|source| EnforceError::NotFdLink {
+                hook: hook.name,
+                source,
+            })?
         };
         Ok(link)
     }
@@ -343,7 +463,9 @@ impl Enforcer {
         // BPF_NOEXIST keeps the counts of an isolation being re-applied.
         let _ = counters.insert(id, StkCounters::default(), BPF_NOEXIST);
         let mut policies = self.map::<u64, StkPolicy>(maps::POLICIES)?;
-        policies.insert(id, *policy, 0).map_err(map_err(maps::POLICIES, "insert"))
+        policies
+            .insert(id, *policy, 0)
+            .map_err(map_err(maps::POLICIES, "insert"))
     }
 
     fn delete_policy(&mut self, id: u64) -> Result<()> {
@@ -359,13 +481,25 @@ impl Enforcer {
         }
     }
 
-    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<BpfHashMap<&mut MapData, K, V>> {
-        let map = self.ebpf.map_mut(name).ok_or(EnforceError::MissingMap { map: name })?;
+    fn map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(EnforceError::MissingMap { map: name })?;
         BpfHashMap::try_from(map).map_err(map_err(name, "open"))
     }
 
-    fn map_ref<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<BpfHashMap<&MapData, K, V>> {
-        let map = self.ebpf.map(name).ok_or(EnforceError::MissingMap { map: name })?;
+    fn map_ref<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(EnforceError::MissingMap { map: name })?;
         BpfHashMap::try_from(map).map_err(map_err(name, "open"))
     }
 }
@@ -375,8 +509,12 @@ pub fn inspect(path: &Path) -> Result<BTreeMap<&'static str, HookState>> {
     let cgroup = open_cgroup(path)?;
     let mut out = BTreeMap::new();
     for hook in HOOKS {
-        let ids = attached_programs(&cgroup, hook.attach_type)
-            .map_err(|source| EnforceError::Query { hook: hook.name, path: path.to_owned(), source })?;
+        let ids =
+            attached_programs(&cgroup, hook.attach_type).map_err(|source| EnforceError::Query {
+                hook: hook.name,
+                path: path.to_owned(),
+                source,
+            })?;
         let mut state = HookState::default();
         for id in ids {
             // A program that vanished between the two calls is not ours to count.
@@ -392,8 +530,13 @@ pub fn inspect(path: &Path) -> Result<BTreeMap<&'static str, HookState>> {
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
-    let load_err = |e| EnforceError::LoadProgram { program: name, source: Box::new(e) };
-    let prog = ebpf.program_mut(name).ok_or(EnforceError::MissingProgram { program: name })?;
+    let load_err = |e| EnforceError::LoadProgram {
+        program: name,
+        source: Box::new(e),
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(EnforceError::MissingProgram { program: name })?;
     if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *prog) {
         return p.load().map_err(load_err);
     }
@@ -402,7 +545,10 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
 }
 
 fn open_cgroup(path: &Path) -> Result<File> {
-    File::open(path).map_err(|source| EnforceError::OpenCgroup { path: path.to_owned(), source })
+    File::open(path).map_err(|source| EnforceError::OpenCgroup {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Removes a pinned link; the link (and the attachment) goes when its last
@@ -411,17 +557,27 @@ fn unpin(pin: &Path) -> Result<()> {
     let link = match PinnedLink::from_pin(pin) {
         Ok(link) => link,
         Err(_) if !pin.exists() => return Ok(()),
-        Err(e) => return Err(EnforceError::Unpin { pin: pin.to_owned(), source: Box::new(e) }),
+        Err(e) => {
+            return Err(EnforceError::Unpin {
+                pin: pin.to_owned(),
+                source: Box::new(e),
+            })
+        }
     };
-    let fd_link = link
-        .unpin()
-        .map_err(|e| EnforceError::Unpin { pin: pin.to_owned(), source: Box::new(e) })?;
+    let fd_link = link.unpin().map_err(|e| EnforceError::Unpin {
+        pin: pin.to_owned(),
+        source: Box::new(e),
+    })?;
     drop(fd_link);
     Ok(())
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
-    move |e| EnforceError::Map { map, op, source: Box::new(e) }
+    move |e| EnforceError::Map {
+        map,
+        op,
+        source: Box::new(e),
+    }
 }
 
 /// An address in the 16-byte form the programs use (IPv4 v4-mapped).

@@ -111,7 +111,10 @@ pub fn attached_programs(cgroup: impl AsFd, attach_type: u32) -> io::Result<Vec<
 
 /// The name the program with `id` was loaded with.
 pub fn program_name(id: u32) -> io::Result<String> {
-    let mut get = GetIdAttr { id, ..Default::default() };
+    let mut get = GetIdAttr {
+        id,
+        ..Default::default()
+    };
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut get)?;
     // SAFETY: the kernel just returned this new descriptor; nothing else
     // owns it, so `OwnedFd` may close it.
@@ -125,7 +128,11 @@ pub fn program_name(id: u32) -> io::Result<String> {
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
 
-    let end = head.name.iter().position(|b| *b == 0).unwrap_or(head.name.len());
+    let end = head
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(head.name.len());
     Ok(String::from_utf8_lossy(&head.name[..end]).into_owned())
 }
 
