@@ -104,14 +104,15 @@ fn run(work: &Path) -> Result<()> {
     timeline.mark("isolate reply received (verified)");
     thread::sleep(Duration::from_millis(1500));
     let after = server.count();
-    let last = server
-        .last_line_at()
-        .map(|t| t.saturating_duration_since(sent));
+    let last = match server.last_line_at() {
+        Some(t) if t >= sent => format!("the last {} ms after it", (t - sent).as_millis()),
+        Some(t) => format!("the last {} ms before it", (sent - t).as_millis()),
+        None => "none at all".into(),
+    };
     println!(
-        "   the open stream stopped: {} line(s) arrived after the order was sent{}, none since",
-        after - before,
-        last.map(|d| format!(" (the last {} ms after)", d.as_millis()))
-            .unwrap_or_default()
+        "   the open stream stopped: {} line(s) arrived after the order was sent ({last}), \
+         none in the 1.5 s since the reply",
+        after - before
     );
     expect_failure(
         &pod,
