@@ -4,6 +4,7 @@
 
 mod ebpf;
 mod process;
+mod run_bin;
 mod setup;
 mod test;
 
@@ -31,10 +32,14 @@ enum Task {
     CheckEbpf,
     /// Run setup, check-ebpf, build, every test, clippy and rustfmt (root).
     Test,
-    /// Not written yet.
+    /// Run the agent on a real pod in a private containerd, end to end (root).
     Demo,
-    /// Not written yet.
-    Bench,
+    /// Measure order-to-enforcement time over repeated orders (root).
+    Bench {
+        /// How many isolate/release orders to time.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,9 +59,9 @@ fn run(task: Task, root: &Path) -> anyhow::Result<ExitCode> {
         Task::Ebpf => ebpf::rebuild(root).map(|()| ExitCode::SUCCESS),
         Task::CheckEbpf => ebpf::check(root).map(|()| ExitCode::SUCCESS),
         Task::Test => test::run(root),
-        Task::Demo | Task::Bench => {
-            eprintln!("not yet");
-            Ok(ExitCode::FAILURE)
+        Task::Demo => run_bin::run(root, "demo", "stk-demo", false, &[]),
+        Task::Bench { runs } => {
+            run_bin::run(root, "bench", "stk-bench", true, &[runs.to_string()])
         }
     }
 }

@@ -51,6 +51,8 @@ struct Workspace {
     container_dir: PathBuf,
     sleeper: Child,
     agent: Option<Child>,
+    /// `kubepods` folders this bench made, to remove when empty.
+    made_parents: Vec<PathBuf>,
     run_dir: PathBuf,
     pin_dir: PathBuf,
 }
@@ -63,6 +65,11 @@ impl Workspace {
             .to_owned();
         let pod_dir = cgroup2.join(format!("kubepods/besteffort/pod{uid}"));
         let container_dir = pod_dir.join(format!("{:0>64}", "be9c4"));
+        let made_parents: Vec<PathBuf> = ["kubepods/besteffort", "kubepods"]
+            .iter()
+            .map(|p| cgroup2.join(p))
+            .filter(|p| !p.exists())
+            .collect();
         fs::create_dir_all(&container_dir).context("cannot make the pod cgroup")?;
 
         let sleeper = Command::new("sleep").arg("3600").spawn()?;
@@ -119,6 +126,9 @@ impl Drop for Workspace {
         let _ = self.sleeper.wait();
         let _ = fs::remove_dir(&self.container_dir);
         let _ = fs::remove_dir(&self.pod_dir);
+        for dir in &self.made_parents {
+            let _ = fs::remove_dir(dir);
+        }
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.run_dir);
     }
