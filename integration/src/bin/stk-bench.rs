@@ -83,6 +83,7 @@ impl Workspace {
             container_dir,
             sleeper,
             agent: None,
+            made_parents,
             run_dir,
             pin_dir,
         };
