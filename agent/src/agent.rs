@@ -222,6 +222,9 @@ impl Agent {
 
         let span = tracing::info_span!("isolate", pod.uid = %pod.uid, cgroup.id = pod.cgroup_id);
         let _enter = span.enter();
+        if order.mode == Mode::AllowNodeProbes {
+            self.refresh_node_addrs();
+        }
         let policy = policy_for(&order);
         let abs = self.cgroups()?.abs(&pod.path);
         let attached = {
