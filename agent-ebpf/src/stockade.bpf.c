@@ -159,6 +159,18 @@ static __always_inline int allowed_by_rules(const struct stk_policy *pol, const 
 	return 0;
 }
 
+/* A rule of any protocol and port names this address. */
+static __always_inline int address_in_rules(const struct stk_policy *pol, const struct stk_addr *a)
+{
+	for (__u32 i = 0; i < STK_MAX_ALLOW; i++) {
+		if (i >= pol->n_rules)
+			return 0;
+		if (prefix_match(a->b, pol->rules[i].addr, pol->rules[i].prefix_len))
+			return 1;
+	}
+	return 0;
+}
+
 static __always_inline int is_node_addr(const struct stk_addr *a)
 {
 	return bpf_map_lookup_elem(&stk_node_addrs, a) != NULL;
@@ -362,6 +374,14 @@ static __always_inline int sock_verdict(struct flow *f, __u32 kind)
 	if (!pol || !(pol->flags & STK_F_ISOLATED))
 		return SOCK_ALLOW;
 	if (is_loopback(&f->remote) || allowed_by_rules(pol, f))
+		return SOCK_ALLOW;
+	/*
+	 * connect() on a UDP socket sends nothing (ping uses one to pick its
+	 * source address); the packets that follow are judged one by one. So
+	 * it is refused only when no rule names the address at all.
+	 */
+	if (kind == STK_EV_CONNECT_REFUSED && f->proto == STK_PROTO_UDP &&
+	    address_in_rules(pol, &f->remote))
 		return SOCK_ALLOW;
 
 	count(pod_id, kind == STK_EV_CONNECT_REFUSED ? 2 : 3);

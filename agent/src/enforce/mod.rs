@@ -470,15 +470,11 @@ impl Enforcer {
 
     fn delete_policy(&mut self, id: u64) -> Result<()> {
         let mut policies = self.map::<u64, StkPolicy>(maps::POLICIES)?;
-        match policies.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(maps::POLICIES, "remove")(e)),
-        }
+        let removed = policies.remove(&id);
+        ignore_missing(removed).map_err(map_err(maps::POLICIES, "remove"))?;
         let mut counters = self.map::<u64, StkCounters>(maps::COUNTERS)?;
-        match counters.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(maps::COUNTERS, "remove")(e)),
-        }
+        let removed = counters.remove(&id);
+        ignore_missing(removed).map_err(map_err(maps::COUNTERS, "remove"))
     }
 
     fn map<K: aya::Pod, V: aya::Pod>(
@@ -577,6 +573,20 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) 
         map,
         op,
         source: Box::new(e),
+    }
+}
+
+/// A removal of an entry that is not there counts as done. aya 0.14 reports
+/// it as the syscall's ENOENT rather than as `KeyNotFound`.
+fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 
