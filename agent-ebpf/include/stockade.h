@@ -30,6 +30,12 @@
 /* Events waiting in the ring buffer, in bytes (a power of two pages). */
 #define STK_EVENTS_BYTES (256 * 1024)
 
+/* Pods the exec guard can hold contained at once. */
+#define STK_MAX_CONTAINED 4096
+
+/* Exec attempts waiting in the guard's ring buffer, in bytes. */
+#define STK_GUARD_EVENTS_BYTES (64 * 1024)
+
 /* Values of stk_rule.proto; IANA protocol numbers except ANY. */
 #define STK_PROTO_ANY 0
 #define STK_PROTO_ICMP 1
@@ -94,6 +100,23 @@ struct stk_event {
 	__u8 proto;
 	__u8 _pad[5];
 	char comm[16];
+};
+
+/* One contained pod: value of stk_contained (guard.bpf.c), keyed by the
+ * cgroup id of the pod's own cgroup. */
+struct stk_containment {
+	__u64 since_ns;      /* CLOCK_MONOTONIC when the agent contained it */
+	__u64 execs_killed;  /* programs the guard killed at exec since then */
+};
+
+/* A program the guard killed at exec, sent through stk_exec_events. */
+struct stk_exec_event {
+	__u64 ktime_ns;
+	__u64 pod_cgroup_id;
+	__u64 cgroup_id;     /* the process's own cgroup (a container's) */
+	__u32 pid;           /* thread group id of the killed process */
+	__u32 _pad;
+	char comm[16];       /* the name of the program it tried to run */
 };
 
 #endif /* STOCKADE_H */

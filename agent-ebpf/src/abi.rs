@@ -10,6 +10,8 @@ pub const STK_MAX_ALLOW: usize = 16;
 pub const STK_MAX_CGROUP_LEVEL: usize = 16;
 pub const STK_MAX_NODE_FLOWS: usize = 8192;
 pub const STK_MAX_NODE_ADDRS: usize = 256;
+pub const STK_MAX_CONTAINED: usize = 4096;
+pub const STK_GUARD_EVENTS_BYTES: usize = 64 * 1024;
 
 pub const STK_PROTO_ANY: u8 = 0;
 pub const STK_PROTO_ICMP: u8 = 1;
@@ -81,6 +83,26 @@ pub struct StkEvent {
     pub comm: [u8; 16],
 }
 
+/// One contained pod; see `struct stk_containment`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StkContainment {
+    pub since_ns: u64,
+    pub execs_killed: u64,
+}
+
+/// A program the exec guard killed; see `struct stk_exec_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StkExecEvent {
+    pub ktime_ns: u64,
+    pub pod_cgroup_id: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
 /// A node address in 16-byte form: key of `stk_node_addrs`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -102,6 +124,10 @@ unsafe impl Pod for StkFlowKey {}
 unsafe impl Pod for StkEvent {}
 // SAFETY: as above.
 unsafe impl Pod for StkAddr {}
+// SAFETY: as above.
+unsafe impl Pod for StkContainment {}
+// SAFETY: as above.
+unsafe impl Pod for StkExecEvent {}
 
 impl StkEvent {
     /// Reads an event from the bytes the ring buffer handed over.
@@ -111,6 +137,19 @@ impl StkEvent {
         }
         // SAFETY: the length was checked above, `StkEvent` is Pod (every
         // bit pattern is valid) and `read_unaligned` needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+impl StkExecEvent {
+    /// Reads an event from the bytes the guard's ring buffer handed over.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked above, `StkExecEvent` is Pod
+        // (every bit pattern is valid) and `read_unaligned` needs no
+        // alignment.
         Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
     }
 }
@@ -158,6 +197,15 @@ mod tests {
             field!("stk_event", StkEvent, port),
             field!("stk_event", StkEvent, proto),
             field!("stk_event", StkEvent, comm),
+            ("sizeof(struct stk_containment)", size_of::<StkContainment>()),
+            field!("stk_containment", StkContainment, execs_killed),
+            ("sizeof(struct stk_exec_event)", size_of::<StkExecEvent>()),
+            field!("stk_exec_event", StkExecEvent, pod_cgroup_id),
+            field!("stk_exec_event", StkExecEvent, cgroup_id),
+            field!("stk_exec_event", StkExecEvent, pid),
+            field!("stk_exec_event", StkExecEvent, comm),
+            ("STK_MAX_CONTAINED", STK_MAX_CONTAINED),
+            ("STK_GUARD_EVENTS_BYTES", STK_GUARD_EVENTS_BYTES),
             ("STK_MAX_ALLOW", STK_MAX_ALLOW),
             ("STK_MAX_CGROUP_LEVEL", STK_MAX_CGROUP_LEVEL),
             ("STK_MAX_NODE_FLOWS", STK_MAX_NODE_FLOWS),

@@ -12,6 +12,23 @@ pub mod abi;
 /// The compiled object, aligned as aya's ELF parser requires.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../obj/stockade.bpf.o");
 
+/// The exec guard (`src/guard.bpf.c`), built the same way into
+/// `obj/guard.bpf.o`. A separate object, so that the node-wide tracepoint
+/// is loaded apart from the per-pod isolation programs.
+pub static GUARD_OBJECT: &[u8] = aya::include_bytes_aligned!("../obj/guard.bpf.o");
+
+/// Names of the programs and maps in [`GUARD_OBJECT`].
+pub mod guard {
+    /// `tracepoint/sched/sched_process_exec`: kills what a contained pod execs.
+    pub const EXEC: &str = "stk_guard_exec";
+    /// `lsm/bprm_check_security`: only probed (see the agent's features).
+    pub const LSM: &str = "stk_guard_lsm";
+    /// The contained pods, keyed by pod cgroup id; pinned by name.
+    pub const CONTAINED: &str = "stk_contained";
+    /// The execs the guard killed; pinned by name.
+    pub const EVENTS: &str = "stk_exec_events";
+}
+
 /// Names of the programs in [`OBJECT`], one per hook. Every program the
 /// agent loads has a name starting with [`PROGRAM_PREFIX`], which is how it
 /// recognises its own attachments on a cgroup.
@@ -61,6 +78,16 @@ mod tests {
                 "{name} missing from the object"
             );
             assert!(name.len() < 16, "{name} is longer than the kernel keeps");
+        }
+    }
+
+    #[test]
+    fn guard_object_holds_its_programs_and_maps() {
+        let parsed = symbol_names(GUARD_OBJECT);
+        for name in [guard::EXEC, guard::LSM, guard::CONTAINED, guard::EVENTS] {
+            assert!(parsed.iter().any(|n| n == name), "{name} missing");
+            assert!(name.len() < 16, "{name} is longer than the kernel keeps");
+            assert!(name.starts_with(PROGRAM_PREFIX));
         }
     }
 

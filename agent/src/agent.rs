@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     cgroup::{self, Cgroup2, CgroupError, PodCgroup, PodUid},
+    contain::{self, Containment},
     cri::{CriClient, CriPod},
     enforce::{self, Attached, EnforceError, Enforcer},
     features::{self, Feature},
@@ -38,6 +39,8 @@ pub struct Settings {
     pub cri_timeout: Duration,
     /// The cgroup2 mount; found from /proc/self/mountinfo when `None`.
     pub cgroup_root: Option<PathBuf>,
+    /// How freeze, kill, terminate and the exec guard are carried out.
+    pub containment: contain::ContainSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,9 @@ pub enum AgentError {
     Kernel(String),
     #[error("verification failed: {0}")]
     NotVerified(String),
+    /// A freeze, thaw or kill that the kernel did not confirm in time.
+    #[error("{0}")]
+    Deadline(String),
 }
 
 impl From<EnforceError> for AgentError {
@@ -110,6 +116,7 @@ pub struct Agent {
     enforcer: Option<Mutex<Enforcer>>,
     cri: Option<CriClient>,
     records: Mutex<BTreeMap<u64, Record>>,
+    containment: Containment,
     started_at: SystemTime,
 }
 
@@ -130,6 +137,8 @@ impl Agent {
         let mut features = features::probe(cgroups.as_ref().map(|c| c.root()), &settings.pin_root);
 
         let enforcer = load_enforcer(&settings, &mut features);
+        let containment =
+            Containment::start(&settings, cgroups.as_ref(), &own_cgroup, &mut features);
         let agent = Self {
             settings,
             cgroups,
@@ -138,6 +147,7 @@ impl Agent {
             enforcer: enforcer.map(Mutex::new),
             cri,
             records: Mutex::new(BTreeMap::new()),
+            containment,
             started_at: SystemTime::now(),
         };
         agent.refresh_node_addrs();
@@ -156,6 +166,27 @@ impl Agent {
     /// Takes the ring buffer of refused attempts, if programs are loaded.
     pub fn take_events(&self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
         self.enforcer.as_ref()?.lock().ok()?.take_events().ok()
+    }
+
+    /// Takes the ring buffer of execs the guard killed, if it loaded.
+    pub fn take_guard_events(&self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.containment.guard()?.take_events().ok()
+    }
+
+    pub(crate) fn containment(&self) -> &Containment {
+        &self.containment
+    }
+
+    pub(crate) fn own_cgroup(&self) -> &str {
+        &self.own_cgroup
+    }
+
+    pub(crate) fn cri(&self) -> Option<&CriClient> {
+        self.cri.as_ref()
+    }
+
+    pub(crate) fn is_isolated(&self, cgroup_id: u64) -> bool {
+        self.lock_records().contains_key(&cgroup_id)
     }
 
     /// The agent's version, node and kernel features.
@@ -287,14 +318,24 @@ impl Agent {
             received_at: Some(received_at.into()),
             verified_at: Some(verified_at.into()),
             foreign_programs_left: foreign,
+            dry_run: false,
         })
     }
 
     /// The isolations in force, as read back from the kernel now.
     pub fn isolations(&self) -> Result<Vec<v1::Isolation>, AgentError> {
         let records: Vec<Record> = self.lock_records().values().cloned().collect();
+        // The containers as the tree holds them now, not as at the order:
+        // a restarted container has a new id and cgroup (C05).
+        let live = match &self.cgroups {
+            Some(c) => c.scan_pods().unwrap_or_default(),
+            None => Vec::new(),
+        };
         let mut out = Vec::new();
-        for record in records {
+        for mut record in records {
+            if let Some(pod) = live.iter().find(|p| p.cgroup_id == record.pod.cgroup_id) {
+                record.pod.containers = pod.containers.clone();
+            }
             let attached = match &self.enforcer {
                 Some(_) => {
                     let abs = self.cgroups()?.abs(&record.pod.path);
@@ -346,7 +387,7 @@ impl Agent {
         }
     }
 
-    fn cgroups(&self) -> Result<&Cgroup2, AgentError> {
+    pub(crate) fn cgroups(&self) -> Result<&Cgroup2, AgentError> {
         self.cgroups
             .as_ref()
             .ok_or_else(|| AgentError::MissingFeature("no cgroup2 hierarchy is mounted".into()))
@@ -379,7 +420,10 @@ impl Agent {
     }
 
     /// The target pod's cgroup on this node, and the runtime's view of it.
-    async fn resolve(&self, target: &PodTarget) -> Result<(PodCgroup, Option<CriPod>), AgentError> {
+    pub(crate) async fn resolve(
+        &self,
+        target: &PodTarget,
+    ) -> Result<(PodCgroup, Option<CriPod>), AgentError> {
         let cgroups = self.cgroups()?;
         match target {
             PodTarget::Uid(uid) => {
@@ -694,7 +738,7 @@ fn feature_to_proto(f: &Feature) -> v1::KernelFeature {
     }
 }
 
-fn pod_to_proto(p: &PodCgroup, named: Option<&CriPod>, isolated: bool) -> v1::Pod {
+pub(crate) fn pod_to_proto(p: &PodCgroup, named: Option<&CriPod>, isolated: bool) -> v1::Pod {
     v1::Pod {
         uid: p.uid.to_string(),
         namespace: named.map(|n| n.namespace.clone()).unwrap_or_default(),

@@ -5,17 +5,28 @@ use std::sync::Arc;
 use stockade_proto::v1::{self, stockade_server::Stockade};
 use tonic::{Request, Response, Status};
 
-use crate::agent::{Agent, AgentError};
+use crate::{
+    access::{Caller, Gate},
+    agent::{Agent, AgentError},
+};
 
 /// The `stockade.v1.Stockade` service over an [`Agent`].
 #[derive(Clone)]
 pub struct Service {
     agent: Arc<Agent>,
+    /// Guards, dry runs and the audit log of orders (see `access::gate`).
+    gate: Arc<Gate>,
 }
 
 impl Service {
     pub fn new(agent: Arc<Agent>) -> Self {
-        Self { agent }
+        let gate = Arc::new(Gate::default());
+        Self { agent, gate }
+    }
+
+    /// The same service with the daemon's guards and audit log.
+    pub fn with_gate(self, gate: Arc<Gate>) -> Self {
+        Self { gate, ..self }
     }
 }
 
@@ -28,6 +39,7 @@ pub fn status(err: AgentError) -> Status {
         AgentError::Refused(_) | AgentError::MissingFeature(_) => Status::failed_precondition(msg),
         AgentError::AlreadyIsolated(_) => Status::already_exists(msg),
         AgentError::Kernel(_) | AgentError::NotVerified(_) => Status::internal(msg),
+        AgentError::Deadline(_) => Status::deadline_exceeded(msg),
     }
 }
 
@@ -52,18 +64,18 @@ impl Stockade for Service {
         &self,
         req: Request<v1::IsolateRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
-        let isolation = self.agent.isolate(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(v1::IsolateResponse {
-            isolation: Some(isolation),
-        }))
+        let caller = Caller::of(&req);
+        let reply = self.gate.isolate(&*self.agent, &caller, req.get_ref());
+        Ok(Response::new(reply.await?))
     }
 
     async fn release(
         &self,
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let reply = self.agent.release(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let caller = Caller::of(&req);
+        let reply = self.gate.release(&*self.agent, &caller, req.get_ref());
+        Ok(Response::new(reply.await?))
     }
 
     async fn list_isolations(
@@ -72,6 +84,54 @@ impl Stockade for Service {
     ) -> Result<Response<v1::ListIsolationsResponse>, Status> {
         let isolations = self.agent.isolations().map_err(status)?;
         Ok(Response::new(v1::ListIsolationsResponse { isolations }))
+    }
+
+    async fn freeze(
+        &self,
+        req: Request<v1::FreezeRequest>,
+    ) -> Result<Response<v1::FreezeResponse>, Status> {
+        let reply = self.agent.freeze(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn thaw(
+        &self,
+        req: Request<v1::ThawRequest>,
+    ) -> Result<Response<v1::ThawResponse>, Status> {
+        let reply = self.agent.thaw(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn kill(
+        &self,
+        req: Request<v1::KillRequest>,
+    ) -> Result<Response<v1::KillResponse>, Status> {
+        let reply = self.agent.kill(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn terminate(
+        &self,
+        req: Request<v1::TerminateRequest>,
+    ) -> Result<Response<v1::TerminateResponse>, Status> {
+        let reply = self.agent.terminate(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn contain(
+        &self,
+        req: Request<v1::ContainRequest>,
+    ) -> Result<Response<v1::ContainResponse>, Status> {
+        let reply = self.agent.contain(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn uncontain(
+        &self,
+        req: Request<v1::UncontainRequest>,
+    ) -> Result<Response<v1::UncontainResponse>, Status> {
+        let reply = self.agent.uncontain(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(reply))
     }
 }
 
@@ -100,6 +160,7 @@ mod tests {
             ),
             (AgentError::AlreadyIsolated("x".into()), Code::AlreadyExists),
             (AgentError::Kernel("x".into()), Code::Internal),
+            (AgentError::Deadline("x".into()), Code::DeadlineExceeded),
         ];
         for (err, code) in cases {
             assert_eq!(status(err).code(), code);

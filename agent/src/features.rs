@@ -15,6 +15,12 @@ use aya::{
 
 /// Orders, as named in `needed_by`.
 pub const ISOLATE: &str = "isolate";
+pub const FREEZE: &str = "freeze";
+pub const THAW: &str = "thaw";
+pub const KILL: &str = "kill";
+pub const TERMINATE: &str = "terminate";
+pub const CONTAIN: &str = "contain";
+pub const UNCONTAIN: &str = "uncontain";
 
 /// One kernel capability and whether this node has it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,13 +3,16 @@
 //! the kernel and the container runtime.
 
 pub mod cgroup;
+pub mod contain;
 pub mod cli;
 pub mod cri;
 pub mod enforce;
 pub mod uds;
+pub mod access;
 pub mod agent;
 pub mod api;
 pub mod events;
 pub mod features;
+pub mod ledger;
 pub mod server;
 pub mod validate;

@@ -255,7 +255,7 @@ fn mode(value: i32) -> Result<Mode, FieldError> {
 
 /// `reason` and `reference`: at most [`MAX_TEXT`] characters, no control
 /// characters, and not blank when `required`.
-fn free_text(text: &str, field: &str, required: bool) -> Result<String, FieldError> {
+pub(crate) fn free_text(text: &str, field: &str, required: bool) -> Result<String, FieldError> {
     if required && text.trim().is_empty() {
         return Err(FieldError::new(field, "required"));
     }
@@ -283,7 +283,7 @@ fn hides_text(c: char) -> bool {
 }
 
 /// A namespace: a DNS-1123 label.
-fn dns_label(text: &str) -> Result<(), String> {
+pub(crate) fn dns_label(text: &str) -> Result<(), String> {
     check_length(text, MAX_LABEL)?;
     check_chars(
         text,
@@ -464,6 +464,27 @@ fn unmap(net: IpNet) -> IpNet {
     }
 }
 
+/// The longest order id a caller may choose, in characters.
+pub const MAX_ORDER_ID: usize = 128;
+
+/// An order id chosen by the caller, so that a retried order acts once:
+/// optional (empty is `None`); at most [`MAX_ORDER_ID`] letters, digits,
+/// '.', '_', ':' and '-', so that it is safe in logs, paths and keys.
+pub fn order_id(text: &str, field: &str) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let len = text.chars().count();
+    if len > MAX_ORDER_ID {
+        let reason = format!("at most {MAX_ORDER_ID} characters, got {len}");
+        return Err(FieldError::new(field, reason));
+    }
+    let allowed = "letters, digits, '.', '_', ':' and '-'";
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    check_chars(text, allowed, ok).map_err(|reason| FieldError::new(field, reason))?;
+    Ok(Some(text.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use stockade_proto::v1::PodName;
@@ -495,6 +516,7 @@ mod tests {
             mode: 0,
             reason: "alert 42".to_owned(),
             reference: String::new(),
+            dry_run: false,
         }
     }
 
@@ -529,6 +551,7 @@ mod tests {
             mode: IsolationMode::Strict as i32,
             reason: "Falco: shell in container — réponse".to_owned(),
             reference: "INC-1234".to_owned(),
+            dry_run: false,
         };
         let expected = IsolateOrder {
             target: PodTarget::Name {
@@ -563,6 +586,7 @@ mod tests {
         let release_req = ReleaseRequest {
             pod: None,
             reason: "done".to_owned(),
+            dry_run: false,
         };
         assert_eq!(release(&release_req).unwrap_err().field, "pod");
     }
@@ -668,6 +692,7 @@ mod tests {
         let release_req = ReleaseRequest {
             pod: by_uid(UID),
             reason: String::new(),
+            dry_run: false,
         };
         assert_eq!(release(&release_req).unwrap_err().field, "reason");
     }
@@ -688,6 +713,7 @@ mod tests {
         let req = ReleaseRequest {
             pod: by_name("ns", "p"),
             reason: "cleared".to_owned(),
+            dry_run: false,
         };
         let target = PodTarget::Name {
             namespace: "ns".to_owned(),
@@ -984,5 +1010,25 @@ mod tests {
             AllowEntry::from_rule(&icmp6).map(|e| e.proto),
             Some(Proto::Icmp)
         );
+    }
+
+    #[test]
+    fn order_ids_are_optional_bounded_and_plain() {
+        assert_eq!(order_id("", "order_id"), Ok(None));
+        let id = "INC-42:isolate_web.1";
+        assert_eq!(order_id(id, "order_id"), Ok(Some(id.to_owned())));
+        assert!(order_id(&"a".repeat(MAX_ORDER_ID), "order_id").is_ok());
+        let long = order_id(&"a".repeat(10_000), "order_id").unwrap_err();
+        assert_eq!(
+            long.to_string(),
+            "order_id: at most 128 characters, got 10000"
+        );
+        for bad in ["../x", "a b", "a\nb", "é", "a/b"] {
+            assert_eq!(
+                order_id(bad, "order_id").unwrap_err().field,
+                "order_id",
+                "{bad:?}"
+            );
+        }
     }
 }

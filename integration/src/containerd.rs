@@ -1018,3 +1018,103 @@ impl Drop for Pod<'_> {
         }
     }
 }
+
+/// Container restarts, as kubelet makes them.
+impl Pod<'_> {
+    /// Kills the main process of container `name` (SIGKILL to its host
+    /// PID), waits until the runtime reports the container exited, then
+    /// creates and starts its next attempt in the same sandbox with the same
+    /// command: what kubelet does when a container dies. The exited
+    /// container is kept, as kubelet keeps it until garbage collection.
+    /// Later calls naming `name` reach the new container, whose id this
+    /// returns.
+    pub fn restart_container(&mut self, name: &str) -> Result<String> {
+        let old = self.container_id(name)?;
+        let attempt = self
+            .container_status(&old)?
+            .metadata
+            .unwrap_or_default()
+            .attempt;
+        let pid = self.container_pid(name)?;
+        sys::signal_pid(pid, Signal::SIGKILL);
+        self.wait_exited(&old, Duration::from_secs(10))?;
+
+        let argv = self
+            .spec
+            .containers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, argv)| argv.clone())
+            .ok_or_else(|| anyhow!("pod {} has no container {name:?}", self.spec.name))?;
+        let id = self.start_container(name, argv, attempt + 1)?;
+        self.containers.insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// Creates and starts one container of the busybox image in the sandbox.
+    fn start_container(&self, name: &str, argv: Vec<String>, attempt: u32) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_owned(),
+                attempt,
+            }),
+            image: Some(ImageSpec {
+                image: image::TEST_IMAGE.into(),
+                ..Default::default()
+            }),
+            command: argv,
+            ..Default::default()
+        };
+        let request = CreateContainerRequest {
+            pod_sandbox_id: self.sandbox_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.sandbox_config.clone()),
+        };
+        let mut cri = self.cd.cri();
+        let id = self
+            .cd
+            .call("CreateContainer", CALL_DEADLINE, async move {
+                cri.create_container(request).await
+            })
+            .with_context(|| format!("container {name}, attempt {attempt}"))?
+            .container_id;
+        let mut cri = self.cd.cri();
+        let request = StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.cd
+            .call("StartContainer", CALL_DEADLINE, async move {
+                cri.start_container(request).await
+            })
+            .with_context(|| format!("container {name}, attempt {attempt}"))?;
+        Ok(id)
+    }
+
+    /// The runtime's status of container `id` (not verbose).
+    fn container_status(&self, id: &str) -> Result<stockade_proto::cri::ContainerStatus> {
+        let mut cri = self.cd.cri();
+        let request = ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: false,
+        };
+        self.cd
+            .call("ContainerStatus", CALL_DEADLINE, async move {
+                cri.container_status(request).await
+            })?
+            .status
+            .ok_or_else(|| anyhow!("ContainerStatus of {id} without status"))
+    }
+
+    /// Waits until the runtime reports container `id` exited.
+    fn wait_exited(&self, id: &str, within: Duration) -> Result<()> {
+        let exited = stockade_proto::cri::ContainerState::ContainerExited;
+        let started = Instant::now();
+        while self.container_status(id)?.state() != exited {
+            if started.elapsed() > within {
+                bail!("container {id} did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}

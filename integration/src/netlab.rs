@@ -86,6 +86,12 @@ pub enum NetlabError {
     },
     #[error("cgroup {path} still holds processes {waited:?} after cgroup.kill")]
     StillPopulated { path: PathBuf, waited: Duration },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("`{command}` printed no line within {waited:?}; stderr: {stderr}")]
     NoLine {
         command: String,
@@ -524,19 +530,10 @@ impl EchoServer {
     /// Listens on `ip:port` in `ns` (port 0 picks a free one).
     pub fn start(ns: &NetNs, ip: IpAddr, port: u16) -> Result<Self> {
         let addr = SocketAddr::new(ip, port);
-        let listener =
-            run_in_ns(ns, || TcpListener::bind(addr))?.map_err(|source| NetlabError::Fs {
-                op: "listen on",
-                path: addr.to_string().into(),
-                source,
-            })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| NetlabError::Fs {
-                op: "configure",
-                path: addr.to_string().into(),
-                source,
-            })?;
+        let listen_err = |source| NetlabError::Listen { addr, source };
+        let listener = run_in_ns(ns, || TcpListener::bind(addr))?.map_err(listen_err)?;
+        // Non-blocking, so that the accepting thread sees `stop` in time.
+        listener.set_nonblocking(true).map_err(listen_err)?;
         let addr = listener.local_addr().unwrap_or(addr);
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -576,7 +573,7 @@ fn accept_loop(listener: &TcpListener, stop: &Arc<AtomicBool>) {
                 let stop = Arc::clone(stop);
                 thread::spawn(move || echo_until(sock, &stop));
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
+            // WouldBlock, or a session that died before it was accepted.
             Err(_) => thread::sleep(POLL),
         }
     }

@@ -2,6 +2,7 @@
 //! object build and its reproducibility check, and the one command that
 //! runs every test.
 
+mod certs;
 mod ebpf;
 mod process;
 mod run_bin;
@@ -40,6 +41,16 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         runs: usize,
     },
+    /// Make a throw-away CA, agent and client certificates, and an access
+    /// configuration, to try the mutual-TLS listener with.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = "target/stockade-certs")]
+        out: PathBuf,
+        /// More names or addresses for the agent's certificate (repeatable).
+        #[arg(long = "agent-name", value_name = "NAME")]
+        agent_names: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +73,9 @@ fn run(task: Task, root: &Path) -> anyhow::Result<ExitCode> {
         Task::Demo => run_bin::run(root, "demo", "stk-demo", false, &[]),
         Task::Bench { runs } => {
             run_bin::run(root, "bench", "stk-bench", true, &[runs.to_string()])
+        }
+        Task::Certs { out, agent_names } => {
+            certs::run(&root.join(out), &agent_names).map(|()| ExitCode::SUCCESS)
         }
     }
 }

@@ -5,12 +5,13 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use stockade_agent::{
+    access::{self, config::AccessArgs},
     agent::{Agent, Settings},
     api::Service,
+    contain::{guard, kill::KillMethod, kube::KubeSource, ContainSettings},
     cri::{self, CriClient},
     events, server,
 };
-use stockade_proto::v1::stockade_server::StockadeServer;
 use tracing::{info, warn};
 
 /// Stockade node agent: enforces containment orders on this node's pods.
@@ -42,6 +43,35 @@ struct Args {
     /// Log format.
     #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// How kills are carried out: `auto` (cgroup.kill where the kernel has
+    /// it), `cgroup-kill`, or `freeze-signal` (freeze, SIGKILL each
+    /// process, thaw).
+    #[arg(long, env = "STOCKADE_KILL_METHOD", value_enum, default_value_t = KillChoice::Auto)]
+    kill_method: KillChoice,
+    /// Kubeconfig of the API server that deletes terminated pods; without
+    /// it the in-cluster service account is used when in a pod.
+    #[arg(long, env = "STOCKADE_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The mutual-TLS listener, the audit log and the guards.
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KillChoice {
+    Auto,
+    CgroupKill,
+    FreezeSignal,
+}
+
+impl KillChoice {
+    fn forced(self) -> Option<KillMethod> {
+        match self {
+            Self::Auto => None,
+            Self::CgroupKill => Some(KillMethod::CgroupKill),
+            Self::FreezeSignal => Some(KillMethod::FreezeSignal),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -58,9 +88,13 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         node_name: args.node_name.clone().unwrap_or_else(hostname),
         pin_root: args.pin_dir.clone(),
-        cri_socket: None,
+        cri_socket: explicit_socket(&args.cri_socket),
         cri_timeout: Duration::from_millis(args.cri_timeout_ms),
         cgroup_root: args.cgroup_root.clone(),
+        containment: ContainSettings {
+            kill_method: args.kill_method.forced(),
+            kube: KubeSource::detect(args.kubeconfig.as_deref()),
+        },
     };
     ensure_bpffs(&settings.pin_root);
     let cri = connect_runtime(&args.cri_socket, settings.cri_timeout).await;
@@ -72,14 +106,24 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ring) = agent.take_events() {
         tokio::spawn(events::run(agent.clone(), ring));
     }
+    if let Some(ring) = agent.take_guard_events() {
+        tokio::spawn(guard::run_events(ring));
+    }
 
+    let gate = access::daemon::gate(&args.access)?;
+    let service = Service::new(agent.clone()).with_gate(gate.clone());
+    let remote = access::daemon::bind_remote(&args.access, gate.audit().clone()).await?;
     let incoming = server::bind_root_only(&args.socket).await?;
     banner(&agent, &args);
+    let remote = remote.map(|remote| access::daemon::spawn(remote, service.clone()));
     tonic::transport::Server::builder()
-        .add_service(StockadeServer::new(Service::new(agent)))
+        .add_service(access::stockade_server(service))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await
         .context("the API server failed")?;
+    if let Some(remote) = remote {
+        remote.stop().await;
+    }
     let _ = std::fs::remove_file(&args.socket);
     info!("stopped; isolations stay enforced by their pinned links");
     Ok(())
@@ -116,6 +160,15 @@ fn banner(agent: &Agent, args: &Args) {
         features.missing = ?missing,
         "stockade-agent started"
     );
+}
+
+/// A runtime socket named by path is kept even when it does not answer at
+/// start: kills try it again, and say when it still does not answer.
+fn explicit_socket(choice: &str) -> Option<PathBuf> {
+    match choice {
+        "none" | "auto" => None,
+        path => Some(PathBuf::from(path)),
+    }
 }
 
 /// Finds the runtime socket; pod names are unavailable without one.

@@ -19,7 +19,7 @@ mod names;
 mod proc;
 mod target;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod tree;
 
 use std::{io, path::PathBuf};

@@ -6,7 +6,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stockade_proto::v1::{pod_selector::Target, AllowRule, PodName, PodSelector};
 
-use super::allow::parse_allow_rule;
+use super::{
+    allow::parse_allow_rule,
+    contain::{KillArgs, OrderArgs, UndoArgs},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,8 +48,50 @@ pub struct Cli {
     )]
     pub timeout: Duration,
 
+    /// An agent's mutual-TLS listener, as https://HOST:PORT, instead of
+    /// the local socket; needs --ca, --cert and --key.
+    // Not `requires_all`: clap checks it in the subcommand before global
+    // flags given ahead of it are carried over, so `remote` checks instead.
+    #[arg(long, global = true, env = "STOCKADE_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// The CA certificate (PEM) that signed the agent's certificate.
+    #[arg(long, global = true, env = "STOCKADE_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+
+    /// This client's certificate (PEM), naming its identity.
+    #[arg(long, global = true, env = "STOCKADE_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+
+    /// This client's private key (PEM).
+    #[arg(long, global = true, env = "STOCKADE_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+
+    /// The name the agent's certificate must hold, when it is not the
+    /// endpoint's host.
+    #[arg(long, global = true, env = "STOCKADE_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The remote agent to reach, when --endpoint is given; the name of
+    /// the first flag it also needs that is missing, if any.
+    pub fn remote(&self) -> Result<Option<crate::access::tls::ClientTls>, &'static str> {
+        let Some(endpoint) = self.endpoint.clone() else {
+            return Ok(None);
+        };
+        let need = |value: &Option<PathBuf>, flag| value.clone().ok_or(flag);
+        Ok(Some(crate::access::tls::ClientTls {
+            endpoint,
+            ca: need(&self.ca, "--ca")?,
+            cert: need(&self.cert, "--cert")?,
+            key: need(&self.key, "--key")?,
+            server_name: self.server_name.clone(),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +116,18 @@ pub enum Command {
     Release(ReleaseArgs),
     /// The isolations in force on this node, as read back from the kernel.
     Isolations,
+    /// Stop every process of a pod where it stands (cgroup.freeze).
+    Freeze(OrderArgs),
+    /// Let a frozen pod run again.
+    Thaw(UndoArgs),
+    /// Kill every process of a pod, or of one container (--container).
+    Kill(KillArgs),
+    /// Kill a pod, then delete it through the API server (grace period 0).
+    Terminate(OrderArgs),
+    /// Kill any program the pod starts from now on (exec guard).
+    Contain(OrderArgs),
+    /// Lift a pod's exec guard.
+    Uncontain(UndoArgs),
 }
 
 /// The pod an order is for: `NAMESPACE/NAME` or `--uid UID`.
@@ -131,6 +188,10 @@ pub struct IsolateArgs {
         hide_default_value = true
     )]
     pub reference: String,
+
+    /// Resolve, validate and check the guards; change nothing.
+    #[arg(long, env = "STOCKADE_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +207,10 @@ pub struct ReleaseArgs {
         hide_default_value = true
     )]
     pub reason: String,
+
+    /// Resolve, validate and check the guards; change nothing.
+    #[arg(long, env = "STOCKADE_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 /// `NAMESPACE/NAME`, both parts non-empty.
@@ -161,7 +226,7 @@ fn parse_pod_name(text: &str) -> Result<PodName, String> {
     }
 }
 
-fn parse_reason(text: &str) -> Result<String, String> {
+pub(super) fn parse_reason(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
         return Err("say why, in a few words".to_string());
     }

@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 
 use super::{
     args::{Command, IsolateArgs, Output, ReleaseArgs},
-    json, render, Error, Report,
+    contain, json, render, Error, Report,
 };
 
 type Client = StockadeClient<Channel>;
@@ -23,6 +23,12 @@ pub async fn execute(command: &Command, client: &mut Client, output: Output) -> 
         Command::Isolate(args) => isolate(client, args, output).await,
         Command::Release(args) => release(client, args, output).await,
         Command::Isolations => isolations(client, output).await,
+        Command::Freeze(args) => contain::freeze(client, args, output).await,
+        Command::Thaw(args) => contain::thaw(client, args, output).await,
+        Command::Kill(args) => contain::kill(client, args, output).await,
+        Command::Terminate(args) => contain::terminate(client, args, output).await,
+        Command::Contain(args) => contain::contain(client, args, output).await,
+        Command::Uncontain(args) => contain::uncontain(client, args, output).await,
     }
 }
 
@@ -78,17 +84,17 @@ async fn isolate(client: &mut Client, args: &IsolateArgs, output: Output) -> Res
         mode: mode.into(),
         reason: args.reason.clone(),
         reference: args.reference.clone(),
+        dry_run: args.dry_run,
     };
-    let isolation = client
-        .isolate(request)
-        .await?
-        .into_inner()
-        .isolation
-        .unwrap_or_default();
+    let reply = client.isolate(request).await?.into_inner();
+    let isolation = reply.isolation.unwrap_or_default();
 
     let text = match output {
-        Output::Table => render::isolated_report(&isolation),
-        Output::Json => json::text(&json!({ "isolation": json::isolation(&isolation) })),
+        Output::Table => dry_run_note(reply.dry_run) + &render::isolated_report(&isolation),
+        Output::Json => json::text(&json!({
+            "isolation": json::isolation(&isolation),
+            "dry_run": reply.dry_run,
+        })),
     };
     Ok(Report::plain(text))
 }
@@ -97,14 +103,27 @@ async fn release(client: &mut Client, args: &ReleaseArgs, output: Output) -> Res
     let request = ReleaseRequest {
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
+        dry_run: args.dry_run,
     };
     let reply = client.release(request).await?.into_inner();
 
     let text = match output {
-        Output::Table => render::released_report(&reply),
-        Output::Json => json::text(&json::release(&reply)),
+        Output::Table => dry_run_note(reply.dry_run) + &render::released_report(&reply),
+        Output::Json => {
+            let mut value = json::release(&reply);
+            value["dry_run"] = reply.dry_run.into();
+            json::text(&value)
+        }
     };
     Ok(Report::plain(text))
+}
+
+/// Said first, so that a dry run's report is never read as done.
+fn dry_run_note(dry_run: bool) -> String {
+    match dry_run {
+        true => "DRY RUN: nothing was changed; the agent would do this:\n".into(),
+        false => String::new(),
+    }
 }
 
 async fn isolations(client: &mut Client, output: Output) -> Result<Report> {

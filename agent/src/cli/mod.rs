@@ -1,5 +1,6 @@
 //! The `stockade` command: asks the agent on this node, over its Unix
-//! socket, what it sees and what it enforces, and sends it orders.
+//! socket (or a remote agent over mutual TLS, with --endpoint), what it
+//! sees and what it enforces, and sends it orders.
 //!
 //! The binary only parses [`Cli`] and calls [`run`]; everything else lives
 //! here so that it is tested without an agent or root.
@@ -7,6 +8,7 @@
 mod allow;
 mod args;
 mod commands;
+mod contain;
 mod json;
 mod render;
 mod table;
@@ -50,6 +52,15 @@ pub enum Error {
         humanize(*timeout)
     )]
     NoAnswer { timeout: Duration },
+
+    #[error("--endpoint needs {flag} as well: --ca, --cert and --key go with it")]
+    RemoteFlag { flag: &'static str },
+
+    #[error("cannot reach the agent over mutual TLS")]
+    Remote {
+        #[source]
+        source: crate::access::tls::ConnectError,
+    },
 
     // The status is not a `#[source]`: its message is already in this one.
     #[error("the agent answered {}: {}", code_name(status.code()), status.message())]
@@ -122,7 +133,13 @@ impl Report {
 
 /// Connects to the agent and runs the command, without printing.
 pub async fn execute(cli: &Cli) -> Result<Report, Error> {
-    let channel = connect(&cli.socket, cli.timeout).await?;
+    let remote = cli.remote().map_err(|flag| Error::RemoteFlag { flag })?;
+    let channel = match remote {
+        Some(remote) => crate::access::tls::connect(&remote, cli.timeout)
+            .await
+            .map_err(|source| Error::Remote { source })?,
+        None => connect(&cli.socket, cli.timeout).await?,
+    };
     let mut client = stockade_proto::v1::stockade_client::StockadeClient::new(channel);
     let result = commands::execute(&cli.command, &mut client, cli.output).await;
     result.map_err(|err| match err {

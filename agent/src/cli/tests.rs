@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use prost_types::Timestamp;
 use stockade_proto::v1::{
+    self,
     pod_selector::Target,
     stockade_server::{Stockade, StockadeServer},
     AgentInfo, GetInfoRequest, IsolateRequest, IsolateResponse, Isolation, KernelFeature,
@@ -86,6 +87,7 @@ impl Stockade for FakeAgent {
         };
         Ok(Response::new(IsolateResponse {
             isolation: Some(isolation),
+            dry_run: false,
         }))
     }
 
@@ -101,6 +103,69 @@ impl Stockade for FakeAgent {
         _: Request<ListIsolationsRequest>,
     ) -> Result<Response<ListIsolationsResponse>, Status> {
         Ok(Response::new(ListIsolationsResponse::default()))
+    }
+
+    async fn freeze(
+        &self,
+        request: Request<v1::FreezeRequest>,
+    ) -> Result<Response<v1::FreezeResponse>, Status> {
+        let events = v1::CgroupEvents {
+            populated: true,
+            frozen: true,
+            present: true,
+        };
+        Ok(Response::new(v1::FreezeResponse {
+            pod: Some(web_pod()),
+            events: Some(events),
+            received_at: at(0),
+            verified_at: at(i32::try_from(request.get_ref().timeout_ms).unwrap() * 1000),
+        }))
+    }
+
+    async fn thaw(
+        &self,
+        _: Request<v1::ThawRequest>,
+    ) -> Result<Response<v1::ThawResponse>, Status> {
+        Err(Status::deadline_exceeded(
+            "cgroup.events did not say frozen 0 within 5s",
+        ))
+    }
+
+    async fn kill(
+        &self,
+        _: Request<v1::KillRequest>,
+    ) -> Result<Response<v1::KillResponse>, Status> {
+        Err(Status::failed_precondition("pod 0b1e contains the agent"))
+    }
+
+    async fn terminate(
+        &self,
+        _: Request<v1::TerminateRequest>,
+    ) -> Result<Response<v1::TerminateResponse>, Status> {
+        Ok(Response::new(v1::TerminateResponse {
+            kill: Some(v1::KillResponse {
+                pod: Some(web_pod()),
+                method: v1::KillMethod::CgroupKill as i32,
+                ..v1::KillResponse::default()
+            }),
+            delete: v1::DeleteOutcome::NotConfigured as i32,
+            delete_detail: "no Kubernetes API server is configured".into(),
+            deleted_at: None,
+        }))
+    }
+
+    async fn contain(
+        &self,
+        _: Request<v1::ContainRequest>,
+    ) -> Result<Response<v1::ContainResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn uncontain(
+        &self,
+        _: Request<v1::UncontainRequest>,
+    ) -> Result<Response<v1::UncontainResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
     }
 }
 
@@ -286,4 +351,67 @@ fn status_codes_are_named_as_in_grpc() {
         "FAILED_PRECONDITION"
     );
     assert_eq!(code_name(tonic::Code::Internal), "INTERNAL");
+}
+
+#[tokio::test]
+async fn freeze_prints_what_cgroup_events_says_and_passes_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = serve(dir.path());
+    let args = ["freeze", "shop/web", "--reason", "forensics", "--wait", "2s"];
+
+    let report = stockade(&socket, &args).await.unwrap();
+
+    assert!(
+        report.text.starts_with(
+            "froze shop/web (uid 0b1e): cgroup.events says populated 1, frozen 1\n"
+        ),
+        "{}",
+        report.text
+    );
+    assert!(report.text.contains("order to verified  2.0 ms"), "{}", report.text);
+}
+
+#[tokio::test]
+async fn a_thaw_that_did_not_settle_reports_deadline_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = serve(dir.path());
+
+    let err = stockade(&socket, &["thaw", "shop/web"]).await.unwrap_err();
+
+    assert!(
+        err.to_string().starts_with("the agent answered DEADLINE_EXCEEDED: "),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), ExitCode::FAILURE);
+}
+
+#[tokio::test]
+async fn a_refused_kill_exits_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = serve(dir.path());
+    let args = ["kill", "shop/web", "--container", "app", "--reason", "x"];
+
+    let err = stockade(&socket, &args).await.unwrap_err();
+
+    assert!(err.to_string().contains("FAILED_PRECONDITION"), "{err}");
+    assert_eq!(err.exit_code(), ExitCode::from(2));
+}
+
+#[tokio::test]
+async fn a_terminate_whose_delete_did_not_happen_is_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = serve(dir.path());
+
+    let report = stockade(&socket, &["terminate", "shop/web", "--reason", "x"])
+        .await
+        .unwrap();
+
+    assert!(report.problem);
+    assert!(
+        report
+            .text
+            .contains("API delete: NOT DONE, no API server configured: no Kubernetes"),
+        "{}",
+        report.text
+    );
 }

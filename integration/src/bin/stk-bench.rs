@@ -10,6 +10,8 @@
 //!   from receiving the order to the last program attached with its policy;
 //! - isolate round trip: what the caller waits, including verification;
 //! - release round trip.
+//!
+//! `stk-bench kill [RUNS]` measures kills instead: see `stk-bench/kill.rs`.
 
 use std::{
     fs,
@@ -24,18 +26,28 @@ use stockade_proto::v1::{
     ReleaseRequest,
 };
 
+#[path = "stk-bench/kill.rs"]
+mod kill;
+
 const RUNS: usize = 100;
+/// Kill runs per method when `stk-bench kill` is given no count.
+const KILL_RUNS: usize = 20;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("stk-bench needs root: it makes cgroups and loads eBPF programs");
+    }
+    if std::env::args().nth(1).as_deref() == Some("kill") {
+        let runs = std::env::args().nth(2).map(|s| s.parse()).transpose()?;
+        println!("{}", kill::run(runs.unwrap_or(KILL_RUNS))?);
+        return Ok(());
+    }
     let runs = std::env::args()
         .nth(1)
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(RUNS);
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("stk-bench needs root: it makes cgroups and loads eBPF programs");
-    }
     let work = Workspace::create()?;
     let result = measure(&work, runs).await;
     drop(work);
@@ -146,6 +158,7 @@ async fn measure(work: &Workspace, runs: usize) -> Result<String> {
         let req = IsolateRequest {
             pod: Some(selector()),
             reason: "benchmark".into(),
+            dry_run: false,
             ..Default::default()
         };
         let start = Instant::now();
@@ -158,6 +171,7 @@ async fn measure(work: &Workspace, runs: usize) -> Result<String> {
             .release(ReleaseRequest {
                 pod: Some(selector()),
                 reason: "benchmark".into(),
+                dry_run: false,
             })
             .await?;
         release_rtt.push(start.elapsed());

@@ -61,7 +61,9 @@ fn main() -> ExitCode {
 }
 
 fn target(addr: &str, port: &str) -> Result<SocketAddr, String> {
-    let ip: IpAddr = addr.parse().map_err(|_| format!("not an IP address: {addr}"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("not an IP address: {addr}"))?;
     Ok(SocketAddr::new(ip, port_arg(port)?))
 }
 
@@ -137,7 +139,10 @@ struct EchoReader<'a> {
 
 impl<'a> EchoReader<'a> {
     fn new(sock: &'a TcpStream) -> Self {
-        Self { lines: BufReader::new(sock), partial: String::new() }
+        Self {
+            lines: BufReader::new(sock),
+            partial: String::new(),
+        }
     }
 
     /// Whether the echo of `seq` came back within `wait`; an echo of an
@@ -200,8 +205,10 @@ fn echo(sock: TcpStream) {
 
 /// TCP and UDP through 127.0.0.1 and ::1; one line per check.
 fn loopback() -> bool {
-    let checks: [(&str, IpAddr); 2] =
-        [("4", Ipv4Addr::LOCALHOST.into()), ("6", Ipv6Addr::LOCALHOST.into())];
+    let checks: [(&str, IpAddr); 2] = [
+        ("4", Ipv4Addr::LOCALHOST.into()),
+        ("6", Ipv6Addr::LOCALHOST.into()),
+    ];
     let mut all_ok = true;
     for (family, ip) in checks {
         for (proto, result) in [("tcp", tcp_self(ip)), ("udp", udp_self(ip))] {

@@ -1,0 +1,360 @@
+//! The checks every order passes on its way to the agent, whichever socket
+//! it came through: validation, the guards, dry runs, and the audit line.
+//!
+//! Known shortcoming: the gate resolves the target through the node's pod
+//! list, and the agent resolves it again when it acts. That costs one more
+//! cgroup scan and runtime call per order, and a pod recreated under the
+//! same name between the two is acted on without having been checked.
+//! Checking inside `Agent::isolate`, after its own resolve step, would
+//! close both.
+
+use std::{future::Future, sync::Arc, time::SystemTime};
+
+use stockade_proto::v1::{self, pod_selector::Target};
+use tonic::Status;
+
+pub use super::guards::Effect;
+use super::{
+    audit::{AuditLog, Entry},
+    authz::Caller,
+    guards::{GuardInput, Guards},
+};
+use crate::{
+    agent::{Agent, AgentError},
+    api, features,
+    validate::{self, FieldError, IsolateOrder, Mode, PodTarget},
+};
+
+/// What the gate needs from the agent; a seam so that it is tested without
+/// a kernel.
+pub trait Node: Send + Sync {
+    fn node_name(&self) -> String;
+    /// Every pod on the node, with its namespace when the runtime names it.
+    fn pods(&self) -> impl Future<Output = Result<Vec<v1::Pod>, AgentError>> + Send;
+    fn isolations(&self) -> Result<Vec<v1::Isolation>, AgentError>;
+    /// Why the kernel cannot carry out `order`, if it cannot.
+    fn missing_for(&self, order: &str) -> Option<String>;
+    fn isolate(
+        &self,
+        req: &v1::IsolateRequest,
+    ) -> impl Future<Output = Result<v1::Isolation, AgentError>> + Send;
+    fn release(
+        &self,
+        req: &v1::ReleaseRequest,
+    ) -> impl Future<Output = Result<v1::ReleaseResponse, AgentError>> + Send;
+}
+
+impl Node for Agent {
+    fn node_name(&self) -> String {
+        self.settings().node_name.clone()
+    }
+
+    fn pods(&self) -> impl Future<Output = Result<Vec<v1::Pod>, AgentError>> + Send {
+        Agent::pods(self)
+    }
+
+    fn isolations(&self) -> Result<Vec<v1::Isolation>, AgentError> {
+        Agent::isolations(self)
+    }
+
+    fn missing_for(&self, order: &str) -> Option<String> {
+        features::missing_for(self.features(), order)
+    }
+
+    fn isolate(
+        &self,
+        req: &v1::IsolateRequest,
+    ) -> impl Future<Output = Result<v1::Isolation, AgentError>> + Send {
+        Agent::isolate(self, req)
+    }
+
+    fn release(
+        &self,
+        req: &v1::ReleaseRequest,
+    ) -> impl Future<Output = Result<v1::ReleaseResponse, AgentError>> + Send {
+        Agent::release(self, req)
+    }
+}
+
+/// An order for [`Gate::guarded`].
+#[derive(Clone, Copy, Debug)]
+pub struct Order<'a> {
+    /// As written in the audit log: `freeze`, `kill`, ...
+    pub action: &'static str,
+    pub effect: Effect,
+    pub pod: Option<&'a v1::PodSelector>,
+    pub dry_run: bool,
+}
+
+/// The guards and the audit log, shared by both servers.
+pub struct Gate {
+    guards: Guards,
+    audit: Arc<AuditLog>,
+}
+
+impl Default for Gate {
+    /// Default guards; audit lines on standard error.
+    fn default() -> Self {
+        Self::new(Guards::default(), Arc::new(AuditLog::stderr()))
+    }
+}
+
+impl Gate {
+    pub fn new(guards: Guards, audit: Arc<AuditLog>) -> Self {
+        Self { guards, audit }
+    }
+
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// An `Isolate` order, checked, carried out (or only planned for a dry
+    /// run) and audited.
+    pub async fn isolate<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::IsolateRequest,
+    ) -> Result<v1::IsolateResponse, Status> {
+        let result = self.try_isolate(node, caller, req).await;
+        let target = req.pod.as_ref();
+        self.audit_order(
+            caller,
+            "isolate",
+            target,
+            req.dry_run,
+            result.as_ref().err(),
+        );
+        result
+    }
+
+    /// A `Release` order, checked, carried out (or only checked for a dry
+    /// run) and audited.
+    pub async fn release<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
+        let result = self.try_release(node, caller, req).await;
+        let target = req.pod.as_ref();
+        self.audit_order(
+            caller,
+            "release",
+            target,
+            req.dry_run,
+            result.as_ref().err(),
+        );
+        result
+    }
+
+    /// Checks, carries out and audits an order this gate has no method of
+    /// its own for (freeze, kill, terminate, contain and their reverses):
+    /// validates the pod selector, applies the guards of `effect` to the
+    /// pod, then awaits `act` unless it is a dry run. `Ok(None)` is a dry
+    /// run that passed every check; `act` is then never polled.
+    pub async fn guarded<N: Node, T>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        order: Order<'_>,
+        act: impl Future<Output = Result<T, AgentError>>,
+    ) -> Result<Option<T>, Status> {
+        let result = self.try_guarded(node, caller, &order, act).await;
+        let error = result.as_ref().err();
+        self.audit_order(caller, order.action, order.pod, order.dry_run, error);
+        result
+    }
+
+    async fn try_guarded<N: Node, T>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        order: &Order<'_>,
+        act: impl Future<Output = Result<T, AgentError>>,
+    ) -> Result<Option<T>, Status> {
+        let target = validate::pod_selector(order.pod, "pod").map_err(invalid)?;
+        let pods = node.pods().await.map_err(api::status)?;
+        let gone = v1::Pod::default();
+        let pod = match (find(&pods, &target), order.effect) {
+            (Some(pod), _) => pod,
+            // Lifting needs no pod: the agent says whether it is gone.
+            (None, Effect::Lift) => &gone,
+            (None, Effect::Contain) => return Err(not_on_node(node, &target)),
+        };
+        let input = guard_input(order.effect, caller, order.dry_run, pod, &pods);
+        self.guards.check(&input).map_err(|r| r.status())?;
+        if order.dry_run {
+            return Ok(None);
+        }
+        act.await.map(Some).map_err(api::status)
+    }
+
+    /// Writes the audit line of an order.
+    pub fn audit_order(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: Option<&v1::PodSelector>,
+        dry_run: bool,
+        error: Option<&Status>,
+    ) {
+        let mut entry =
+            Entry::new(caller.name(), action).with_target(target.and_then(selector_text));
+        entry.peer = caller.peer();
+        self.audit.write(&entry.with_result(dry_run, error));
+    }
+
+    async fn try_isolate<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::IsolateRequest,
+    ) -> Result<v1::IsolateResponse, Status> {
+        let received_at = SystemTime::now();
+        let order = validate::isolate(req).map_err(invalid)?;
+        let pods = node.pods().await.map_err(api::status)?;
+        let pod = find(&pods, &order.target).ok_or_else(|| not_on_node(node, &order.target))?;
+        let input = guard_input(Effect::Contain, caller, req.dry_run, pod, &pods);
+        self.guards.check(&input).map_err(|r| r.status())?;
+
+        if !req.dry_run {
+            let isolation = node.isolate(req).await.map_err(api::status)?;
+            return Ok(v1::IsolateResponse {
+                isolation: Some(isolation),
+                dry_run: false,
+            });
+        }
+        if pod.isolated {
+            let msg = format!("pod {} is already isolated; release it first", pod.uid);
+            return Err(Status::already_exists(msg));
+        }
+        if let Some(missing) = node.missing_for(features::ISOLATE) {
+            return Err(Status::failed_precondition(missing));
+        }
+        Ok(v1::IsolateResponse {
+            isolation: Some(plan(pod, &order, received_at)),
+            dry_run: true,
+        })
+    }
+
+    async fn try_release<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
+        let received_at = SystemTime::now();
+        let (target, _reason) = validate::release(req).map_err(invalid)?;
+        let pods = node.pods().await.map_err(api::status)?;
+        // The pod may be gone while its isolation is still pinned.
+        let pod = find(&pods, &target);
+        let gone = v1::Pod::default();
+        let input = guard_input(
+            Effect::Lift,
+            caller,
+            req.dry_run,
+            pod.unwrap_or(&gone),
+            &pods,
+        );
+        self.guards.check(&input).map_err(|r| r.status())?;
+
+        if !req.dry_run {
+            return node.release(req).await.map_err(api::status);
+        }
+        let isolated = match pod {
+            Some(pod) => pod.isolated,
+            None => node
+                .isolations()
+                .map_err(api::status)?
+                .iter()
+                .any(|i| i.pod.as_ref().is_some_and(|p| matches(p, &target))),
+        };
+        if !isolated {
+            return Err(Status::not_found(format!("{target} is not isolated")));
+        }
+        Ok(v1::ReleaseResponse {
+            pod: pod.cloned(),
+            received_at: Some(received_at.into()),
+            verified_at: None,
+            foreign_programs_left: 0,
+            dry_run: true,
+        })
+    }
+}
+
+fn invalid(err: FieldError) -> Status {
+    api::status(AgentError::Invalid(err))
+}
+
+fn guard_input<'a>(
+    effect: Effect,
+    caller: &Caller,
+    dry_run: bool,
+    pod: &'a v1::Pod,
+    pods: &[v1::Pod],
+) -> GuardInput<'a> {
+    GuardInput {
+        effect,
+        local: caller.is_local(),
+        dry_run,
+        namespace: Some(pod.namespace.as_str()).filter(|ns| !ns.is_empty()),
+        pod_uid: &pod.uid,
+        cgroup_path: &pod.cgroup_path,
+        pods_on_node: pods.len(),
+        contained: pods.iter().filter(|p| p.isolated).count(),
+        target_contained: pod.isolated,
+    }
+}
+
+fn find<'a>(pods: &'a [v1::Pod], target: &PodTarget) -> Option<&'a v1::Pod> {
+    pods.iter().find(|p| matches(p, target))
+}
+
+fn matches(pod: &v1::Pod, target: &PodTarget) -> bool {
+    match target {
+        PodTarget::Uid(uid) => pod.uid == uid.as_str(),
+        PodTarget::Name { namespace, name } => &pod.namespace == namespace && &pod.name == name,
+    }
+}
+
+fn not_on_node(node: &impl Node, target: &PodTarget) -> Status {
+    let hint = match target {
+        PodTarget::Name { .. } => " (pods are named only where a runtime socket is configured)",
+        PodTarget::Uid(_) => "",
+    };
+    Status::not_found(format!(
+        "pod {target} is not on node {}{hint}",
+        node.node_name()
+    ))
+}
+
+/// What an isolate order would enforce: no timestamps of enforcement or
+/// verification, no attachments.
+fn plan(pod: &v1::Pod, order: &IsolateOrder, received_at: SystemTime) -> v1::Isolation {
+    let mode = match order.mode {
+        Mode::AllowNodeProbes => v1::IsolationMode::AllowNodeProbes,
+        Mode::Strict => v1::IsolationMode::Strict,
+    };
+    v1::Isolation {
+        pod: Some(pod.clone()),
+        mode: mode as i32,
+        allow: order.allow.iter().map(|a| a.to_proto()).collect(),
+        reason: order.reason.clone(),
+        reference: order.reference.clone(),
+        received_at: Some(received_at.into()),
+        ..v1::Isolation::default()
+    }
+}
+
+/// The pod as the request named it, for the audit log.
+fn selector_text(selector: &v1::PodSelector) -> Option<String> {
+    match selector.target.as_ref()? {
+        Target::Name(pod) => Some(format!("{}/{}", pod.namespace, pod.name)),
+        Target::Uid(uid) => Some(format!("uid {uid}")),
+    }
+}

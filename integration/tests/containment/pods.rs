@@ -1,0 +1,821 @@
+//! Runtime cases on real pods of one private containerd, through the real
+//! agent binary (C04, C09, C10, the exec guard, every error code).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use stockade_agent::cgroup::Cgroup2;
+use stockade_integration::{sys, Containerd, Pod, PodSpec};
+use stockade_proto::v1::{
+    self, pod_selector::Target, GetInfoRequest, KillMethod, PodName, PodSelector, RuntimeOutcome,
+};
+use tonic::Code;
+
+use super::{
+    agent::{Agent, AgentSpec},
+    lab::{DOUBLE_FORK, PIDS_MAX},
+};
+
+/// The containerd and the agent every case shares.
+pub struct World {
+    pub cd: Containerd,
+    pub agent: Agent,
+    base: PathBuf,
+}
+
+pub const CASES: &[crate::PodCase] = &[
+    (
+        "pod_kill_leaves_no_survivor_on_real_pods",
+        pod_kill_no_survivor,
+    ),
+    (
+        "pod_container_whose_pid1_is_a_shell_is_killed_c10",
+        pid1_shell_killed,
+    ),
+    (
+        "pod_kill_with_a_stopped_shim_or_no_runtime_still_kills_c10",
+        stopped_shim,
+    ),
+    ("pod_freeze_thaw_and_kill", freeze_thaw_kill),
+    (
+        "pod_forced_fallback_kill_kills_the_pod_and_nothing_else",
+        fallback_kill,
+    ),
+    (
+        "pod_freeze_and_kill_compose_with_isolation",
+        compose_with_isolation,
+    ),
+    (
+        "pod_exec_guard_kills_execs_in_the_contained_pod_only",
+        exec_guard,
+    ),
+    ("pod_every_error_answers_with_its_code", error_codes),
+];
+
+/// Starts one containerd and the main agent (pointed at its CRI socket,
+/// 1 s runtime deadline), runs `cases`, and removes everything.
+pub fn with_world(cases: impl FnOnce(&World) -> usize) -> Result<usize> {
+    crate::wait_for_bridge(Duration::from_secs(1200))?;
+    let base = tempfile::Builder::new()
+        .prefix("stk-contain-cd-")
+        .tempdir()?
+        .keep();
+    let cd = Containerd::start(&base.join("cd"))?;
+    let socket = cd.socket().display().to_string();
+    let agent = Agent::start(&AgentSpec::new("main", &socket))?;
+    let world = World { cd, agent, base };
+    let failed = cases(&world);
+    drop(world);
+    Ok(failed)
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn by_name(pod: &Pod<'_>) -> Option<PodSelector> {
+    Some(PodSelector {
+        target: Some(Target::Name(PodName {
+            namespace: pod.spec().namespace.clone(),
+            name: pod.spec().name.clone(),
+        })),
+    })
+}
+
+fn by_uid(uid: &str) -> Option<PodSelector> {
+    Some(PodSelector {
+        target: Some(Target::Uid(uid.to_owned())),
+    })
+}
+
+fn kill_req(pod: Option<PodSelector>, container: &str) -> v1::KillRequest {
+    v1::KillRequest {
+        pod,
+        container: container.into(),
+        reason: "containment test".into(),
+        timeout_ms: 5000,
+    }
+}
+
+/// One kill order to `agent`.
+fn kill(agent: &Agent, req: v1::KillRequest) -> Result<v1::KillResponse, tonic::Status> {
+    agent.rpc(|mut c| async move { c.kill(req).await })
+}
+
+fn cgroups() -> Result<Cgroup2> {
+    Ok(Cgroup2::at(sys::cgroup2_mount()?))
+}
+
+fn pod_rel(pod: &Pod<'_>) -> Result<String> {
+    pod.spec().cgroup_parent()
+}
+
+/// Processes in the pod's cgroup2 directory and below; none when gone.
+fn pod_pids(pod: &Pod<'_>) -> Result<Vec<u32>> {
+    match cgroups()?.pids_recursive(&pod_rel(pod)?) {
+        Ok(pids) => Ok(pids),
+        Err(e) if e.is_gone() => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn wait_pids(pod: &Pod<'_>, n: usize, within: Duration) -> Result<usize> {
+    let started = Instant::now();
+    loop {
+        let count = pod_pids(pod)?.len();
+        if count >= n {
+            return Ok(count);
+        }
+        if started.elapsed() > within {
+            bail!(
+                "pod {} holds {count} processes, wanted {n}",
+                pod.spec().name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fork loop that waits for `/tmp/go`, so that the pids limit is set
+/// before the first fork.
+fn gated_fork_loop() -> String {
+    format!(
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; {}",
+        super::lab::FORK_LOOP
+    )
+}
+
+/// Limits the pod's processes (v1 pids controller), then lets its fork
+/// loop start.
+fn limit_and_go(pod: &Pod<'_>, container: &str) -> Result<()> {
+    let rel = pod_rel(pod)?;
+    let max = Path::new("/sys/fs/cgroup/pids")
+        .join(rel.trim_start_matches('/'))
+        .join("pids.max");
+    fs::write(&max, PIDS_MAX.to_string()).with_context(|| format!("writing {}", max.display()))?;
+    let (code, _, err) = pod.exec(container, &["touch", "/tmp/go"], Duration::from_secs(10))?;
+    ensure!(code == 0, "touch /tmp/go failed: {err}");
+    Ok(())
+}
+
+/// A pod whose processes fork as fast as they may (C09), double-fork with
+/// setsid, and sleep in a second container.
+fn bomb_pod<'a>(cd: &'a Containerd, name: &str) -> Result<Pod<'a>> {
+    let spec = PodSpec::new("contain", name)
+        .container("loop", &["sh", "-c", &gated_fork_loop()])
+        .container("orphans", &["sh", "-c", DOUBLE_FORK])
+        .container("sleeper", &["sleep", "3600"]);
+    let pod = Pod::run(cd, spec)?;
+    limit_and_go(&pod, "loop")?;
+    wait_pids(&pod, 100, Duration::from_secs(20))?;
+    Ok(pod)
+}
+
+fn sleeper_pod<'a>(cd: &'a Containerd, name: &str) -> Result<Pod<'a>> {
+    Pod::run(
+        cd,
+        PodSpec::new("contain", name).container("app", &["sleep", "3600"]),
+    )
+}
+
+/// Checks a kill reply against the kernel: populated 0 said and true.
+fn check_killed(reply: &v1::KillResponse, pod: &Pod<'_>) -> Result<Duration> {
+    let events = reply.events.context("no events in the reply")?;
+    ensure!(!events.populated, "the reply says populated: {events:?}");
+    let left = pod_pids(pod)?;
+    ensure!(
+        left.is_empty(),
+        "{} survivor(s) in the pod: {left:?}",
+        left.len()
+    );
+    elapsed(reply.received_at.as_ref(), reply.verified_at.as_ref())
+}
+
+fn elapsed(
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> Result<Duration> {
+    let at = |t: Option<&prost_types::Timestamp>| -> Result<SystemTime> {
+        Ok(SystemTime::try_from(
+            t.cloned().context("missing timestamp")?,
+        )?)
+    };
+    Ok(at(to)?.duration_since(at(from)?)?)
+}
+
+fn runtime_outcomes(reply: &v1::KillResponse) -> Vec<(String, RuntimeOutcome, String)> {
+    reply
+        .runtime
+        .iter()
+        .map(|s| {
+            let outcome = RuntimeOutcome::try_from(s.outcome).unwrap_or_default();
+            (s.container_name.clone(), outcome, s.detail.clone())
+        })
+        .collect()
+}
+
+/// The shim of `sandbox`: its arguments hold this containerd's socket and
+/// `-id <sandbox>`.
+fn shim_pid(cd: &Containerd, sandbox: &str) -> Result<u32> {
+    let socket = cd.socket().as_os_str().as_encoded_bytes();
+    let found: Vec<u32> = sys::pids_with_arg(socket)
+        .into_iter()
+        .filter(|pid| Some(*pid) != cd.pid())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|w| w[0] == b"-id" && w[1] == sandbox.as_bytes())
+        })
+        .collect();
+    match found.as_slice() {
+        [pid] => Ok(*pid),
+        other => bail!("expected one shim for sandbox {sandbox}, found {other:?}"),
+    }
+}
+
+/// A shim stopped with SIGSTOP, resumed by PID when dropped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        sys::signal_pid(pid, Signal::SIGSTOP);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        sys::signal_pid(self.0, Signal::SIGCONT);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+
+fn pod_kill_no_survivor(w: &World) -> Result<()> {
+    let bystander = sleeper_pod(&w.cd, "bystander")?;
+    let outside = bystander.container_pid("app")?;
+    for run in 1..=3 {
+        let pod = bomb_pod(&w.cd, &format!("bomb-{run}"))?;
+        let before = pod_pids(&pod)?.len();
+        let reply =
+            kill(&w.agent, kill_req(by_name(&pod), "")).map_err(|s| anyhow!("kill: {s}"))?;
+        let took = check_killed(&reply, &pod).with_context(|| format!("run {run}"))?;
+        ensure!(reply.method == KillMethod::CgroupKill as i32);
+        let answers = runtime_outcomes(&reply);
+        ensure!(
+            answers.len() == 3 && answers.iter().all(|a| a.1 == RuntimeOutcome::Ok),
+            "runtime answers: {answers:?}"
+        );
+        ensure!(
+            sys::pid_alive(outside),
+            "run {run}: the bystander pod's process died"
+        );
+        println!("   run {run}: {before} processes killed, order to verified {took:.1?}");
+    }
+    Ok(())
+}
+
+fn pid1_shell_killed(w: &World) -> Result<()> {
+    let spec = PodSpec::new("contain", "pid1")
+        .container("shell", &["sh", "-c", "while true; do sleep 1; done"])
+        .container("other", &["sleep", "3600"]);
+    let pod = Pod::run(&w.cd, spec)?;
+    let pid1 = pod.container_pid("shell")?;
+    let other = pod.container_pid("other")?;
+    let reply =
+        kill(&w.agent, kill_req(by_name(&pod), "shell")).map_err(|s| anyhow!("kill: {s}"))?;
+    let events = reply.events.context("no events")?;
+    ensure!(!events.populated, "{events:?}");
+    let started = Instant::now();
+    while sys::pid_alive(pid1) && started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(!sys::pid_alive(pid1), "the shell PID 1 survived");
+    ensure!(sys::pid_alive(other), "the other container died too");
+    ensure!(reply.cgroup_path.ends_with(&pod.container_id("shell")?));
+    let answers = runtime_outcomes(&reply);
+    ensure!(
+        answers.len() == 1 && answers[0].1 == RuntimeOutcome::Ok,
+        "{answers:?}"
+    );
+    Ok(())
+}
+
+fn stopped_shim(w: &World) -> Result<()> {
+    let hung = bomb_pod(&w.cd, "hung")?;
+    let shim = Stopped::new(shim_pid(&w.cd, hung.sandbox_id())?);
+    let socket = w.agent.socket();
+    // Another order while the kill waits for the runtime: it must not wait.
+    let other = std::thread::spawn(move || -> Result<Duration> {
+        std::thread::sleep(Duration::from_millis(300));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let ch = stockade_agent::uds::connect(&socket, Duration::from_secs(5)).await?;
+            let mut client = v1::stockade_client::StockadeClient::new(ch);
+            let started = Instant::now();
+            client.get_info(GetInfoRequest {}).await?;
+            Ok(started.elapsed())
+        })
+    });
+    let started = Instant::now();
+    let reply = kill(&w.agent, kill_req(by_name(&hung), ""))
+        .map_err(|s| anyhow!("kill with a stopped shim: {s}"));
+    let waited = started.elapsed();
+    let other = other.join().map_err(|_| anyhow!("panicked"))??;
+    let reply = reply?;
+    let took = check_killed(&reply, &hung)?;
+    let answers = runtime_outcomes(&reply);
+    ensure!(
+        !answers.is_empty() && answers.iter().all(|a| a.1 == RuntimeOutcome::NoAnswer),
+        "runtime answers with the shim stopped: {answers:?}"
+    );
+    ensure!(
+        answers[0].2.contains("did not answer within 1s"),
+        "{answers:?}"
+    );
+    ensure!(
+        took < Duration::from_secs(1),
+        "the kill waited for the runtime: {took:?}"
+    );
+    ensure!(waited < Duration::from_secs(4), "the reply took {waited:?}");
+    ensure!(
+        other < Duration::from_millis(500),
+        "GetInfo was held up {other:?}"
+    );
+    println!(
+        "   stopped shim: killed and verified in {took:.1?}, reply after {waited:.1?} \
+         ({}), GetInfo meanwhile {other:.1?}",
+        answers[0].2
+    );
+    drop(shim);
+
+    let nowhere = Agent::start(&AgentSpec::new("nowhere", "/nonexistent/stockade/cri.sock"))?;
+    let lone = bomb_pod(&w.cd, "lone")?;
+    let shim = Stopped::new(shim_pid(&w.cd, lone.sandbox_id())?);
+    let uid = lone.uid().to_owned();
+    let reply = kill(&nowhere, kill_req(by_uid(&uid), ""))
+        .map_err(|s| anyhow!("kill without a runtime: {s}"))?;
+    let took = check_killed(&reply, &lone)?;
+    let answers = runtime_outcomes(&reply);
+    ensure!(
+        !answers.is_empty() && answers.iter().all(|a| a.1 == RuntimeOutcome::Unreachable),
+        "runtime answers with no runtime: {answers:?}"
+    );
+    println!(
+        "   no runtime: killed and verified in {took:.1?}, runtime: {}",
+        answers[0].2
+    );
+    drop(shim);
+    Ok(())
+}
+
+/// Voluntary context switches of `pid`: they grow while it runs a loop of
+/// sleeps, and stop while it is frozen.
+fn switches(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no voluntary_ctxt_switches")
+}
+
+fn freeze_thaw_kill(w: &World) -> Result<()> {
+    let spec = PodSpec::new("contain", "ice")
+        .container("app", &["sh", "-c", "while true; do sleep 0.05; done"]);
+    let pod = Pod::run(&w.cd, spec)?;
+    let pid = pod.container_pid("app")?;
+    let dir = pod.cgroup_dir()?;
+    let freeze = || v1::FreezeRequest {
+        pod: by_name(&pod),
+        reason: "forensics".into(),
+        timeout_ms: 5000,
+    };
+
+    let reply = w
+        .agent
+        .rpc(|mut c| async move { c.freeze(freeze()).await })
+        .map_err(|s| anyhow!("freeze: {s}"))?;
+    let events = reply.events.context("no events")?;
+    ensure!(events.frozen && events.populated, "{events:?}");
+    let kernel = fs::read_to_string(dir.join("cgroup.events"))?;
+    ensure!(kernel.contains("frozen 1"), "cgroup.events: {kernel}");
+    let before = switches(pid)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(switches(pid)? == before, "the frozen shell kept running");
+
+    let thaw = v1::ThawRequest {
+        pod: by_name(&pod),
+        ..Default::default()
+    };
+    let reply = w
+        .agent
+        .rpc(|mut c| async move { c.thaw(thaw).await })
+        .map_err(|s| anyhow!("thaw: {s}"))?;
+    ensure!(!reply.events.context("no events")?.frozen);
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        switches(pid)? > before,
+        "the thawed shell did not run again"
+    );
+    ensure!(sys::pid_alive(pid), "the pod died on thaw");
+
+    w.agent
+        .rpc(|mut c| async move { c.freeze(freeze()).await })
+        .map_err(|s| anyhow!("second freeze: {s}"))?;
+    let reply = kill(&w.agent, kill_req(by_name(&pod), ""))
+        .map_err(|s| anyhow!("kill of a frozen pod: {s}"))?;
+    check_killed(&reply, &pod)?;
+    Ok(())
+}
+
+fn fallback_kill(w: &World) -> Result<()> {
+    let mut spec = AgentSpec::new("fallback", "none");
+    spec.kill_method = "freeze-signal";
+    let fallback = Agent::start(&spec)?;
+    let bystander = sleeper_pod(&w.cd, "beside")?;
+    let outside = bystander.container_pid("app")?;
+    let pod = bomb_pod(&w.cd, "fallback")?;
+    let before = pod_pids(&pod)?.len();
+    let uid = pod.uid().to_owned();
+    let reply =
+        kill(&fallback, kill_req(by_uid(&uid), "")).map_err(|s| anyhow!("fallback kill: {s}"))?;
+    let took = check_killed(&reply, &pod)?;
+    ensure!(
+        reply.method == KillMethod::FreezeSignal as i32,
+        "method {}",
+        reply.method
+    );
+    ensure!(reply.signalled > 0, "nobody signalled");
+    ensure!(reply.runtime.is_empty(), "no runtime was configured");
+    ensure!(sys::pid_alive(outside), "the pod beside died");
+    let freeze = fs::read_to_string(pod.cgroup_dir()?.join("cgroup.freeze")).unwrap_or_default();
+    ensure!(freeze.trim() != "1", "the pod was left frozen");
+    println!(
+        "   fallback: {before} processes, {} signalled, verified in {took:.1?}",
+        reply.signalled
+    );
+    Ok(())
+}
+
+fn compose_with_isolation(w: &World) -> Result<()> {
+    let pod = sleeper_pod(&w.cd, "both")?;
+    let isolate = v1::IsolateRequest {
+        pod: by_name(&pod),
+        reason: "containment test".into(),
+        ..Default::default()
+    };
+    w.agent
+        .rpc(|mut c| async move { c.isolate(isolate).await })
+        .map_err(|s| anyhow!("isolate: {s}"))?;
+    let freeze = v1::FreezeRequest {
+        pod: by_name(&pod),
+        reason: "isolated and frozen".into(),
+        timeout_ms: 0,
+    };
+    let frozen = w
+        .agent
+        .rpc(|mut c| async move { c.freeze(freeze).await })
+        .map_err(|s| anyhow!("freeze of an isolated pod: {s}"))?;
+    ensure!(
+        frozen.pod.as_ref().is_some_and(|p| p.isolated),
+        "not shown isolated"
+    );
+    let reply = kill(&w.agent, kill_req(by_name(&pod), ""))
+        .map_err(|s| anyhow!("kill of an isolated pod: {s}"))?;
+    check_killed(&reply, &pod)?;
+    let listed = w
+        .agent
+        .rpc(|mut c| async move { c.list_isolations(v1::ListIsolationsRequest {}).await })
+        .map_err(|s| anyhow!("list: {s}"))?;
+    ensure!(
+        listed.isolations.len() == 1,
+        "the isolation is not kept after the kill"
+    );
+    let release = v1::ReleaseRequest {
+        pod: by_name(&pod),
+        reason: "done".into(),
+        ..Default::default()
+    };
+    w.agent
+        .rpc(|mut c| async move { c.release(release).await })
+        .map_err(|s| anyhow!("release after kill: {s}"))?;
+    Ok(())
+}
+
+fn exec_guard(w: &World) -> Result<()> {
+    let contained = sleeper_pod(&w.cd, "guarded")?;
+    let free = sleeper_pod(&w.cd, "free")?;
+    let contain = v1::ContainRequest {
+        pod: by_name(&contained),
+        reason: "containment test".into(),
+    };
+    let reply = w
+        .agent
+        .rpc(|mut c| async move { c.contain(contain).await })
+        .map_err(|s| anyhow!("contain: {s}"))?;
+    ensure!(
+        reply.hook == "tracepoint/sched/sched_process_exec",
+        "{}",
+        reply.hook
+    );
+
+    let argv = ["sh", "-c", "echo ran"];
+    let guarded = contained.exec("app", &argv, Duration::from_secs(10));
+    let (code, out, _) = free.exec("app", &argv, Duration::from_secs(10))?;
+    ensure!(
+        code == 0 && out == "ran\n",
+        "exec in the free pod: {code} {out:?}"
+    );
+    match &guarded {
+        Ok((code, out, _)) => {
+            ensure!(
+                *code == 137 && out.is_empty(),
+                "exec in the contained pod: {code} {out:?}"
+            )
+        }
+        Err(e) => println!("   the runtime reports the killed exec as an error: {e:#}"),
+    }
+    ensure!(
+        sys::pid_alive(contained.container_pid("app")?),
+        "contain killed the pod"
+    );
+
+    let uncontain = v1::UncontainRequest {
+        pod: by_name(&contained),
+        reason: String::new(),
+    };
+    let reply = w
+        .agent
+        .rpc(|mut c| async move { c.uncontain(uncontain).await })
+        .map_err(|s| anyhow!("uncontain: {s}"))?;
+    ensure!(
+        reply.execs_killed >= 1,
+        "the kernel counted {} kills",
+        reply.execs_killed
+    );
+    let (code, out, _) = contained.exec("app", &argv, Duration::from_secs(10))?;
+    ensure!(
+        code == 0 && out == "ran\n",
+        "exec after uncontain: {code} {out:?}"
+    );
+    ensure!(
+        w.agent
+            .log()
+            .contains("killed a program started in a contained pod"),
+        "the agent did not log the killed exec"
+    );
+    println!(
+        "   guarded exec: {guarded:?}; execs killed: {}",
+        reply.execs_killed
+    );
+    Ok(())
+}
+
+/// A pod cgroup made by hand, `/kubepods/besteffort/pod<uid>/<id>`, for an
+/// agent started inside it. Removed on drop (after the agent, declared
+/// later, has stopped).
+struct FakePod {
+    uid: String,
+    top: PathBuf,
+    container: PathBuf,
+}
+
+impl FakePod {
+    fn new() -> Result<Self> {
+        let uid = fs::read_to_string("/proc/sys/kernel/random/uuid")?
+            .trim()
+            .to_owned();
+        let top = sys::cgroup2_mount()?.join(format!("kubepods/besteffort/pod{uid}"));
+        let container = top.join(format!("{:0>64}", "5eed"));
+        fs::create_dir_all(&container)?;
+        Ok(Self {
+            uid,
+            top,
+            container,
+        })
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        let _ = fs::write(self.top.join("cgroup.kill"), "1");
+        if let Err(e) = sys::remove_cgroup_tree(&self.top) {
+            eprintln!("fake pod cleanup: {e:#}");
+        }
+    }
+}
+
+/// The code and message of a refused call.
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Result<(Code, String)> {
+    match result {
+        Ok(reply) => bail!("expected a refusal, got {reply:?}"),
+        Err(status) => Ok((status.code(), status.message().to_owned())),
+    }
+}
+
+fn expect(what: &str, got: (Code, String), code: Code, words: &str) -> Result<()> {
+    ensure!(
+        got.0 == code && got.1.contains(words),
+        "{what}: expected {code:?} mentioning {words:?}, got {:?}: {}",
+        got.0,
+        got.1
+    );
+    println!("   {what}: {:?}: {}", got.0, got.1);
+    Ok(())
+}
+
+fn error_codes(w: &World) -> Result<()> {
+    invalid_arguments(w)?;
+    not_found(w)?;
+    refusals()?;
+    deadlines(w)
+}
+
+fn invalid_arguments(w: &World) -> Result<()> {
+    let a = &w.agent;
+    let got = refused(kill(a, kill_req(None, "")))?;
+    expect("kill without a pod", got, Code::InvalidArgument, "pod")?;
+    let got = refused(kill(a, kill_req(by_uid("nope"), "")))?;
+    expect(
+        "kill of a malformed uid",
+        got,
+        Code::InvalidArgument,
+        "pod.uid",
+    )?;
+    let uid = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+    let req = kill_req(by_uid(uid), "Bad_Name");
+    let got = refused(a.rpc(|mut c| async move { c.kill(req).await }))?;
+    expect(
+        "kill of a malformed container",
+        got,
+        Code::InvalidArgument,
+        "container",
+    )?;
+    let req = v1::KillRequest {
+        timeout_ms: 600_000,
+        ..kill_req(by_uid(uid), "")
+    };
+    let got = refused(a.rpc(|mut c| async move { c.kill(req).await }))?;
+    expect(
+        "kill with a too long wait",
+        got,
+        Code::InvalidArgument,
+        "timeout_ms",
+    )?;
+    let req = v1::FreezeRequest {
+        pod: by_uid(uid),
+        ..Default::default()
+    };
+    let got = refused(a.rpc(|mut c| async move { c.freeze(req).await }))?;
+    expect(
+        "freeze without a reason",
+        got,
+        Code::InvalidArgument,
+        "reason",
+    )
+}
+
+fn not_found(w: &World) -> Result<()> {
+    let a = &w.agent;
+    let uid = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
+    let got = refused(kill(a, kill_req(by_uid(uid), "")))?;
+    expect("kill of a pod not on the node", got, Code::NotFound, uid)?;
+    let pod = sleeper_pod(&w.cd, "errors")?;
+    let req = kill_req(by_name(&pod), "nosuch");
+    let got = refused(a.rpc(|mut c| async move { c.kill(req).await }))?;
+    expect(
+        "kill of a container the pod lacks",
+        got,
+        Code::NotFound,
+        "nosuch",
+    )?;
+    let un = v1::UncontainRequest {
+        pod: by_name(&pod),
+        reason: String::new(),
+    };
+    let got = refused(a.rpc(|mut c| async move { c.uncontain(un).await }))?;
+    expect(
+        "uncontain of a pod not contained",
+        got,
+        Code::NotFound,
+        "not contained",
+    )?;
+    let contain = || v1::ContainRequest {
+        pod: by_name(&pod),
+        reason: "twice".into(),
+    };
+    a.rpc(|mut c| async move { c.contain(contain()).await })
+        .map_err(|s| anyhow!("contain: {s}"))?;
+    let got = refused(a.rpc(|mut c| async move { c.contain(contain()).await }));
+    let un = v1::UncontainRequest {
+        pod: by_name(&pod),
+        reason: String::new(),
+    };
+    a.rpc(|mut c| async move { c.uncontain(un).await })
+        .map_err(|s| anyhow!("uncontain: {s}"))?;
+    expect(
+        "contain twice",
+        got?,
+        Code::AlreadyExists,
+        "already contained",
+    )
+}
+
+/// An agent inside a pod refuses to act on that pod; an agent whose exec
+/// guard did not load refuses contain.
+fn refusals() -> Result<()> {
+    let fake = FakePod::new()?;
+    let pins = PathBuf::from(format!("/run/stk-contain-{}-not-bpffs", std::process::id()));
+    let mut spec = AgentSpec::new("inside", "none");
+    spec.cgroup = Some(fake.container.clone());
+    spec.pin_dir = Some(pins.clone());
+    let inside = Agent::start(&spec)?;
+    let uid = fake.uid.clone();
+    let got = refused(kill(&inside, kill_req(by_uid(&uid), "")));
+    let uid = fake.uid.clone();
+    let req = v1::FreezeRequest {
+        pod: by_uid(&uid),
+        reason: "x".into(),
+        timeout_ms: 0,
+    };
+    let frozen = refused(inside.rpc(|mut c| async move { c.freeze(req).await }));
+    let req = v1::ContainRequest {
+        pod: by_uid(&uid),
+        reason: "x".into(),
+    };
+    let guarded = refused(inside.rpc(|mut c| async move { c.contain(req).await }));
+    drop(inside);
+    let _ = fs::remove_dir_all(&pins);
+    expect(
+        "kill of the agent's own pod",
+        got?,
+        Code::FailedPrecondition,
+        "contains the agent",
+    )?;
+    expect(
+        "freeze of the agent's own pod",
+        frozen?,
+        Code::FailedPrecondition,
+        "agent",
+    )?;
+    expect(
+        "contain without the guard",
+        guarded?,
+        Code::FailedPrecondition,
+        "exec_guard",
+    )
+}
+
+/// A freeze given 1 ms on a pod that forks without end: either the kernel
+/// confirms it at once, or the reply is DEADLINE_EXCEEDED and the pod is
+/// thawed again; never "frozen" without frozen 1.
+fn deadlines(w: &World) -> Result<()> {
+    let pod = bomb_pod(&w.cd, "late")?;
+    let dir = pod.cgroup_dir()?;
+    let mut late = None;
+    for _ in 0..10 {
+        let req = v1::FreezeRequest {
+            pod: by_name(&pod),
+            reason: "hurry".into(),
+            timeout_ms: 1,
+        };
+        match w.agent.rpc(|mut c| async move { c.freeze(req).await }) {
+            Ok(reply) => ensure!(reply.events.is_some_and(|e| e.frozen), "{reply:?}"),
+            Err(status) => {
+                let freeze = fs::read_to_string(dir.join("cgroup.freeze"))?;
+                ensure!(freeze.trim() == "0", "left with cgroup.freeze {freeze:?}");
+                late = Some((status.code(), status.message().to_owned()));
+                break;
+            }
+        }
+        let thaw = v1::ThawRequest {
+            pod: by_name(&pod),
+            ..Default::default()
+        };
+        w.agent
+            .rpc(|mut c| async move { c.thaw(thaw).await })
+            .map_err(|s| anyhow!("thaw: {s}"))?;
+    }
+    let late = late.context("ten 1 ms freezes of a forking pod all settled: no deadline seen")?;
+    expect(
+        "freeze given 1 ms",
+        late,
+        Code::DeadlineExceeded,
+        "written back",
+    )
+}
