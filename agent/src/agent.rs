@@ -24,6 +24,9 @@ use crate::{
     validate::{self, AllowEntry, FieldError, IsolateOrder, Mode, PodTarget},
 };
 
+/// The name shown for a pod's sandbox (pause) container.
+pub const SANDBOX_NAME: &str = "(sandbox)";
+
 /// How many refused attempts are kept per isolation.
 const RECENT_REFUSALS: usize = 32;
 
@@ -757,7 +760,14 @@ pub(crate) fn pod_to_proto(p: &PodCgroup, named: Option<&CriPod>, isolated: bool
                 let cri = named.and_then(|n| n.containers.iter().find(|x| x.id == c.id.as_str()));
                 v1::Container {
                     id: c.id.to_string(),
-                    name: cri.map(|x| x.name.clone()).unwrap_or_default(),
+                    name: match cri {
+                        Some(x) => x.name.clone(),
+                        // The runtime's own sandbox (pause) container.
+                        None if named.is_some_and(|n| n.sandbox_id == c.id.as_str()) => {
+                            SANDBOX_NAME.into()
+                        }
+                        None => String::new(),
+                    },
                     runtime: c.runtime.as_str().into(),
                     cgroup_path: c.path.clone(),
                     cgroup_id: c.cgroup_id,

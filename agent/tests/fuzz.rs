@@ -88,6 +88,8 @@ fn allow_rule() -> impl Strategy<Value = AllowRule> {
     })
 }
 
+// The update keeps the fuzz compiling while fields are added to the message.
+#[allow(clippy::needless_update)]
 fn isolate_request() -> impl Strategy<Value = IsolateRequest> {
     (
         selector(),

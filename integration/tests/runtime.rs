@@ -935,8 +935,11 @@ fn check_listed<'p>(pods: &'p [v1::Pod], pod: &Pod<'_>) -> Result<&'p v1::Pod> {
             c.state
         );
     }
+    for c in listed.containers.iter().filter(|c| c.id == pod.sandbox_id()) {
+        ensure!(c.name == "(sandbox)", "sandbox listed as {c:?}");
+    }
     for c in listed.containers.iter().filter(|c| c.name.is_empty()) {
-        ensure!(c.id == pod.sandbox_id(), "unnamed container listed: {c:?}");
+        bail!("unnamed container listed: {c:?}");
     }
     Ok(listed)
 }

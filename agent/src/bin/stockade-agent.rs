@@ -80,6 +80,9 @@ enum LogFormat {
     Text,
 }
 
+/// How long open connections may finish after SIGTERM before they are cut.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -116,11 +119,26 @@ async fn main() -> anyhow::Result<()> {
     let incoming = server::bind_root_only(&args.socket).await?;
     banner(&agent, &args);
     let remote = remote.map(|remote| access::daemon::spawn(remote, service.clone()));
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let serve = tonic::transport::Server::builder()
         .add_service(access::stockade_server(service))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await
-        .context("the API server failed")?;
+        .serve_with_incoming_shutdown(incoming, stopping(stop_rx.clone()));
+    // An open client connection must not keep the agent from exiting.
+    let drain_deadline = async {
+        stopping(stop_rx.clone()).await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+    };
+    tokio::select! {
+        served = serve => served.context("the API server failed")?,
+        () = drain_deadline => warn!(after = ?DRAIN_DEADLINE, "clients still connected; closing"),
+    }
     if let Some(remote) = remote {
         remote.stop().await;
     }
