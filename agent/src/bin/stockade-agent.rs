@@ -10,9 +10,9 @@ use stockade_agent::{
     api::Service,
     contain::{guard, kill::KillMethod, kube::KubeSource, ContainSettings},
     cri::{self, CriClient},
-    events, server,
+    events, health, server,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Stockade node agent: enforces containment orders on this node's pods.
 #[derive(Debug, Parser)]
@@ -40,6 +40,10 @@ struct Args {
     /// The cgroup2 mount; found from /proc/self/mountinfo when unset.
     #[arg(long, env = "STOCKADE_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
+    /// Address of the plain-text gRPC health port for the kubelet's probes
+    /// (for example 0.0.0.0:9091); none when unset.
+    #[arg(long, env = "STOCKADE_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -127,7 +131,19 @@ async fn main() -> anyhow::Result<()> {
     let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Ready from here: programs loaded, pinned state adopted.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(health::watchdog(agent.clone(), reporter));
+    if let Some(addr) = args.health_listen {
+        let (health_service, stop) = (health_service.clone(), stopping(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, health_service, stop).await {
+                error!(%addr, error = %e, "the health port failed");
+            }
+        });
+    }
     let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(access::stockade_server(service))
         .serve_with_incoming_shutdown(incoming, stopping(stop_rx.clone()));
     // An open client connection must not keep the agent from exiting.
