@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::Path,
 };
 
@@ -37,15 +37,9 @@ pub async fn bind_root_only(
 ) -> Result<impl Stream<Item = std::io::Result<UnixStream>>, ServerError> {
     let shown = path.display().to_string();
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| ServerError::SocketDir {
+        make_private_dir(dir).map_err(|source| ServerError::SocketDir {
             path: shown.clone(),
             source,
-        })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            ServerError::SocketDir {
-                path: shown.clone(),
-                source,
-            }
         })?;
     }
     if let Ok(meta) = fs::symlink_metadata(path) {
@@ -72,6 +66,19 @@ pub async fn bind_root_only(
         Ok(stream) => is_root(stream),
         Err(_) => true,
     }))
+}
+
+/// Creates the socket's folder with mode 0700 when it is missing. An
+/// existing folder is left as it is: it may be shared (like /tmp), and the
+/// socket's own mode 0600 and the peer check keep other users out.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// The file mode is the first gate; the peer's credentials are the second.
