@@ -38,6 +38,27 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// The cargo that runs this task, so nested builds use the same toolchain.
+///
+/// `cargo run` gives xtask the variables of its own package
+/// (`CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, ...); passed on, they change the
+/// environment that build scripts see and make the nested build redo
+/// crates that the outer build just made. So they are removed.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let package_var = key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if package_var {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
