@@ -197,7 +197,10 @@ mod tests {
             field!("stk_event", StkEvent, port),
             field!("stk_event", StkEvent, proto),
             field!("stk_event", StkEvent, comm),
-            ("sizeof(struct stk_containment)", size_of::<StkContainment>()),
+            (
+                "sizeof(struct stk_containment)",
+                size_of::<StkContainment>(),
+            ),
             field!("stk_containment", StkContainment, execs_killed),
             ("sizeof(struct stk_exec_event)", size_of::<StkExecEvent>()),
             field!("stk_exec_event", StkExecEvent, pod_cgroup_id),

@@ -7,9 +7,11 @@ use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
     path::PathBuf,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
+
+use prost::Message;
 
 use stockade_ebpf::abi::{StkPolicy, STK_F_ALLOW_NODE_PROBES, STK_F_ISOLATED};
 use stockade_proto::v1;
@@ -20,7 +22,13 @@ use crate::{
     contain::{self, Containment},
     cri::{CriClient, CriPod},
     enforce::{self, Attached, EnforceError, Enforcer},
+    fault,
     features::{self, Feature},
+    ledger::{
+        action, fingerprint, Clock, Failure, Ledger, LedgerError, NewOrder, OrderRecord,
+        OrderState, SystemClock,
+    },
+    orders::{self, Orders},
     validate::{self, AllowEntry, FieldError, IsolateOrder, Mode, PodTarget},
 };
 
@@ -44,6 +52,8 @@ pub struct Settings {
     pub cgroup_root: Option<PathBuf>,
     /// How freeze, kill, terminate and the exec guard are carried out.
     pub containment: contain::ContainSettings,
+    /// Folder of the order ledger (`/var/lib/stockade` by default).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +75,18 @@ pub enum AgentError {
     /// A freeze, thaw or kill that the kernel did not confirm in time.
     #[error("{0}")]
     Deadline(String),
+    /// An order id sent again with other content.
+    #[error("{0}")]
+    OrderConflict(String),
+    /// The first answer to an order id sent again: it failed so.
+    #[error("{message}")]
+    Replayed { code: i32, message: String },
+    /// An order id whose first order has no outcome yet.
+    #[error("{0}")]
+    Unsettled(String),
+    /// The ledger could not be read or written.
+    #[error("the order ledger failed: {0}")]
+    Ledger(String),
 }
 
 impl From<EnforceError> for AgentError {
@@ -108,6 +130,9 @@ struct Record {
     received_at: SystemTime,
     enforced_at: SystemTime,
     refusals: VecDeque<v1::Refusal>,
+    /// The ledger's order; empty for pins adopted with no order.
+    order_id: String,
+    expires_at: Option<SystemTime>,
 }
 
 /// The node agent.
@@ -121,12 +146,26 @@ pub struct Agent {
     records: Mutex<BTreeMap<u64, Record>>,
     containment: Containment,
     started_at: SystemTime,
+    orders: Orders,
 }
 
 impl Agent {
-    /// Probes the kernel, loads the programs and adopts the isolations an
-    /// earlier agent left pinned. Blocking: run it off the async runtime.
-    pub fn start(settings: Settings, cri: Option<CriClient>) -> Self {
+    /// Probes the kernel, loads the programs, opens the ledger and
+    /// reconciles it with the pins an earlier agent left. Blocking: run it
+    /// off the async runtime.
+    pub fn start(settings: Settings, cri: Option<CriClient>) -> Result<Self, LedgerError> {
+        Self::start_with_clock(settings, cri, Arc::new(SystemClock))
+    }
+
+    /// Like [`Agent::start`], reading the time (order stamps, TTLs) from
+    /// `clock`.
+    pub fn start_with_clock(
+        settings: Settings,
+        cri: Option<CriClient>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LedgerError> {
+        let ledger = Ledger::open_with_clock(&settings.state_dir, clock.clone())?;
+        let orders = Orders::new(ledger, clock);
         let cgroups = match &settings.cgroup_root {
             Some(root) => Some(Cgroup2::at(root.clone())),
             None => Cgroup2::discover()
@@ -152,10 +191,12 @@ impl Agent {
             records: Mutex::new(BTreeMap::new()),
             containment,
             started_at: SystemTime::now(),
+            orders,
         };
         agent.refresh_node_addrs();
-        agent.adopt();
-        agent
+        agent.reconcile();
+        agent.expire_due();
+        Ok(agent)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -238,56 +279,85 @@ impl Agent {
             .collect())
     }
 
-    /// Isolates a pod: the whole order path.
+    /// Isolates a pod: the whole order path, acted on once per order id.
     pub async fn isolate(&self, req: &v1::IsolateRequest) -> Result<v1::Isolation, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.orders.now();
         let order = validate::isolate(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require(features::ISOLATE)?;
 
-        let (pod, cri) = self.resolve(&order.target).await?;
+        let _turn = self.orders.turn(&id).await;
+        let fp = content_fingerprint(
+            action::ISOLATE,
+            v1::IsolateRequest {
+                order_id: String::new(),
+                ..req.clone()
+            },
+        );
+        if let Some(first) = self.orders.known(&id, action::ISOLATE, fp).await? {
+            return first;
+        }
+        let resolved = self.resolve(&order.target).await;
+        let expires_at = orders::expiry(received_at, req.ttl_seconds);
+        let mut new = new_order(&id, action::ISOLATE, fp, req.encode_to_vec(), received_at);
+        new.expires_at = expires_at;
+        if let Ok((pod, _)) = &resolved {
+            (new.pod_uid, new.cgroup_id) = (pod.uid.to_string(), pod.cgroup_id);
+        }
+
+        let act = async {
+            fault::point("isolate:after_begin");
+            let (pod, cri) = resolved?;
+            let stamps = Stamps {
+                order_id: id.clone(),
+                received_at,
+                expires_at,
+            };
+            let isolation = self.enforce_isolation(order, pod, cri, stamps)?;
+            fault::point("isolate:before_finish");
+            Ok(isolation)
+        };
+        self.orders.run(new, act).await
+    }
+
+    /// Attaches, verifies and records an isolation the ledger accepted.
+    fn enforce_isolation(
+        &self,
+        order: IsolateOrder,
+        pod: PodCgroup,
+        cri: Option<CriPod>,
+        stamps: Stamps,
+    ) -> Result<v1::Isolation, AgentError> {
         cgroup::check_target(&pod.path, &self.own_cgroup)?;
         if let Some(existing) = self.lock_records().get(&pod.cgroup_id) {
             return Err(AgentError::AlreadyIsolated(format!(
-                "pod {} is already isolated (since {}); release it first",
+                "pod {} is already isolated (since {}, order {}); release it first",
                 pod.uid,
-                humantime_utc(existing.enforced_at)
+                humantime_utc(existing.enforced_at),
+                existing.order_id,
             )));
         }
 
-        let span = tracing::info_span!("isolate", pod.uid = %pod.uid, cgroup.id = pod.cgroup_id);
+        let span = tracing::info_span!("isolate", pod.uid = %pod.uid, cgroup.id = pod.cgroup_id, order.id = %stamps.order_id);
         let _enter = span.enter();
         if order.mode == Mode::AllowNodeProbes {
             self.refresh_node_addrs();
         }
         let policy = policy_for(&order);
         let abs = self.cgroups()?.abs(&pod.path);
-        let attached = {
-            let mut enforcer = self.lock_enforcer()?;
-            enforcer.isolate(&abs, pod.cgroup_id, &policy)?
-        };
+        let attached = self
+            .lock_enforcer()?
+            .isolate(&abs, pod.cgroup_id, &policy)?;
         let enforced_at = SystemTime::now();
-
         self.verify_isolated(&attached, pod.cgroup_id, &policy)?;
-        let record = Record {
-            namespace: cri
-                .as_ref()
-                .map(|c| c.namespace.clone())
-                .unwrap_or_default(),
-            name: cri.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
-            pod,
-            mode: order.mode,
-            allow: order.allow,
-            reason: order.reason,
-            reference: order.reference,
-            received_at,
-            enforced_at,
-            refusals: VecDeque::new(),
-        };
+
+        let names = cri.map(|c| (c.namespace, c.name)).unwrap_or_default();
+        let record = new_record(pod, names, order, &stamps, enforced_at);
         info!(
             pod.namespace = %record.namespace,
             pod.name = %record.name,
             order.mode = mode_name(record.mode),
-            latency_us = enforced_at.duration_since(received_at).unwrap_or_default().as_micros() as u64,
+            latency_us = enforced_at.duration_since(stamps.received_at).unwrap_or_default().as_micros() as u64,
             "pod isolated"
         );
         let reply = self.isolation_to_proto(&record, attached);
@@ -295,34 +365,205 @@ impl Agent {
         Ok(reply)
     }
 
-    /// Lifts an isolation, removing exactly our attachments.
+    /// Lifts an isolation, removing exactly our attachments; once per
+    /// order id.
     pub async fn release(
         &self,
         req: &v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.orders.now();
         let (target, _reason) = validate::release(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require(features::ISOLATE)?;
 
-        let (id, pod, path) = self.resolve_isolated(&target).await?;
-        let span = tracing::info_span!("release", cgroup.id = id);
-        let _enter = span.enter();
-        self.lock_enforcer()?.release(id)?;
+        let _turn = self.orders.turn(&id).await;
+        let fp = content_fingerprint(
+            action::RELEASE,
+            v1::ReleaseRequest {
+                order_id: String::new(),
+                ..req.clone()
+            },
+        );
+        if let Some(first) = self.orders.known(&id, action::RELEASE, fp).await? {
+            return first;
+        }
+        let resolved = self.resolve_isolated(&target).await;
+        let mut new = new_order(&id, action::RELEASE, fp, req.encode_to_vec(), received_at);
+        if let Ok((cgroup_id, _, _)) = &resolved {
+            new.cgroup_id = *cgroup_id;
+            new.pod_uid = self.uid_of(*cgroup_id, &resolved);
+        }
 
-        let foreign = match &path {
+        let act = async {
+            let (cgroup_id, pod, path) = resolved?;
+            let span = tracing::info_span!("release", cgroup.id = cgroup_id, order.id = %id);
+            let _enter = span.enter();
+            let foreign = self.lift(cgroup_id, path.as_deref())?;
+            self.mark_lifted(cgroup_id, OrderState::Released).await;
+            info!(foreign_programs_left = foreign, "pod released");
+            Ok(v1::ReleaseResponse {
+                pod: pod.map(|(p, cri)| pod_to_proto(&p, cri.as_ref(), false)),
+                received_at: Some(received_at.into()),
+                verified_at: Some(SystemTime::now().into()),
+                foreign_programs_left: foreign,
+                dry_run: false,
+                released: Vec::new(),
+            })
+        };
+        self.orders.run(new, act).await
+    }
+
+    /// Changes when an isolation ends by itself; once per order id.
+    pub async fn extend(
+        &self,
+        req: &v1::ExtendIsolationRequest,
+    ) -> Result<v1::IsolateResponse, AgentError> {
+        let received_at = self.orders.now();
+        let target = validate::pod_selector(req.pod.as_ref(), "pod")?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
+
+        let _turn = self.orders.turn(&id).await;
+        let fp = content_fingerprint(
+            orders::EXTEND,
+            v1::ExtendIsolationRequest {
+                order_id: String::new(),
+                ..req.clone()
+            },
+        );
+        if let Some(first) = self.orders.known(&id, orders::EXTEND, fp).await? {
+            return first;
+        }
+        let resolved = self.resolve_isolated(&target).await;
+        let mut new = new_order(&id, orders::EXTEND, fp, req.encode_to_vec(), received_at);
+        if let Ok((cgroup_id, _, _)) = &resolved {
+            new.cgroup_id = *cgroup_id;
+            new.pod_uid = self.uid_of(*cgroup_id, &resolved);
+        }
+
+        let act = async {
+            let (cgroup_id, _, _) = resolved?;
+            let expires_at = orders::expiry(self.orders.now(), req.ttl_seconds);
+            let isolation = self.set_expiry(cgroup_id, expires_at).await?;
+            Ok(v1::IsolateResponse {
+                isolation: Some(isolation),
+                dry_run: false,
+            })
+        };
+        self.orders.run(new, act).await
+    }
+
+    /// Stores a new expiry for the isolation of `cgroup_id`.
+    async fn set_expiry(
+        &self,
+        cgroup_id: u64,
+        expires_at: Option<SystemTime>,
+    ) -> Result<v1::Isolation, AgentError> {
+        let order_id = self.record_of(cgroup_id)?.order_id;
+        if order_id.is_empty() {
+            return Err(AgentError::Refused(
+                "this isolation was adopted from pins with no order in the ledger, so it has \
+                 no expiry to change: release it and isolate again"
+                    .into(),
+            ));
+        }
+        let owned = order_id.clone();
+        self.orders
+            .blocking(move |l| l.set_expiry(&owned, expires_at))
+            .await?;
+        if let Some(record) = self.lock_records().get_mut(&cgroup_id) {
+            record.expires_at = expires_at;
+        }
+        info!(order.id = %order_id, cgroup.id = cgroup_id, "isolation expiry changed");
+        let record = self.record_of(cgroup_id)?;
+        Ok(self.isolation_to_proto(&record, self.attached_now(&record)))
+    }
+
+    fn record_of(&self, cgroup_id: u64) -> Result<Record, AgentError> {
+        self.lock_records()
+            .get(&cgroup_id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("cgroup {cgroup_id} is not isolated")))
+    }
+
+    /// The pod UID of an isolated cgroup, from the resolution or the record.
+    fn uid_of(&self, cgroup_id: u64, resolved: &Resolved) -> String {
+        match resolved {
+            Ok((_, Some((pod, _)), _)) => pod.uid.to_string(),
+            _ => self
+                .lock_records()
+                .get(&cgroup_id)
+                .map(|r| r.pod.uid.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Removes our attachments from `cgroup_id` and forgets its record;
+    /// the foreign programs left, when the cgroup is still there.
+    fn lift(&self, cgroup_id: u64, path: Option<&std::path::Path>) -> Result<u32, AgentError> {
+        self.lock_enforcer()?.release(cgroup_id)?;
+        let foreign = match path {
             Some(abs) if abs.exists() => verify_released(abs)?,
             _ => 0,
         };
-        let verified_at = SystemTime::now();
-        self.lock_records().remove(&id);
-        info!(foreign_programs_left = foreign, "pod released");
-        Ok(v1::ReleaseResponse {
-            pod: pod.map(|(p, cri)| pod_to_proto(&p, cri.as_ref(), false)),
-            received_at: Some(received_at.into()),
-            verified_at: Some(verified_at.into()),
-            foreign_programs_left: foreign,
-            dry_run: false,
-        })
+        self.lock_records().remove(&cgroup_id);
+        Ok(foreign)
+    }
+
+    /// Marks every in-force isolation order of `cgroup_id` as `state`.
+    async fn mark_lifted(&self, cgroup_id: u64, state: OrderState) {
+        let marked = self
+            .orders
+            .blocking(move |l| mark_lifted(l, cgroup_id, state))
+            .await;
+        if let Err(e) = marked {
+            warn!(cgroup.id = cgroup_id, error = %e, "released, but the ledger still says enforced");
+        }
+    }
+
+    /// Lifts the isolations whose TTL passed and marks them `Expired`.
+    /// Blocking.
+    pub fn expire_due(&self) {
+        let lift = |rec: &OrderRecord| {
+            let path = self
+                .lock_records()
+                .get(&rec.cgroup_id)
+                .map(|r| r.pod.path.clone());
+            let abs = match (&self.cgroups, path) {
+                (Some(c), Some(p)) => Some(c.abs(&p)),
+                _ => None,
+            };
+            self.lift(rec.cgroup_id, abs.as_deref()).map(drop)
+        };
+        let ledger = self.orders.ledger();
+        if let Err(e) = orders::expire_due(ledger, self.orders.now(), lift) {
+            warn!(error = %error_chain(&e), "cannot read the isolations due to expire");
+        }
+    }
+
+    /// Expires isolations every `period` until the process ends.
+    pub async fn run_expiry(agent: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let agent = agent.clone();
+            let _ = tokio::task::spawn_blocking(move || agent.expire_due()).await;
+        }
+    }
+
+    /// One order from the ledger.
+    pub async fn order(&self, id: &str) -> Result<v1::Order, AgentError> {
+        let owned = id.to_owned();
+        let rec = self.orders.blocking(move |l| l.get(&owned)).await?;
+        rec.map(|r| orders::order_to_proto(&r))
+            .ok_or_else(|| AgentError::NotFound(format!("order {id} is not in the ledger")))
+    }
+
+    /// Orders from the ledger, newest first.
+    pub async fn orders(&self, req: &v1::ListOrdersRequest) -> Result<Vec<v1::Order>, AgentError> {
+        let filter = orders::list_filter(req)?;
+        let recs = self.orders.blocking(move |l| l.list(&filter)).await?;
+        Ok(recs.iter().map(orders::order_to_proto).collect())
     }
 
     /// The isolations in force, as read back from the kernel now.
@@ -339,18 +580,21 @@ impl Agent {
             if let Some(pod) = live.iter().find(|p| p.cgroup_id == record.pod.cgroup_id) {
                 record.pod.containers = pod.containers.clone();
             }
-            let attached = match &self.enforcer {
-                Some(_) => {
-                    let abs = self.cgroups()?.abs(&record.pod.path);
-                    self.lock_enforcer()?
-                        .attachments(&abs, record.pod.cgroup_id)
-                        .unwrap_or_default()
-                }
-                None => Vec::new(),
-            };
+            let attached = self.attached_now(&record);
             out.push(self.isolation_to_proto(&record, attached));
         }
         Ok(out)
+    }
+
+    /// Our programs attached to the record's cgroup, as the kernel says now.
+    fn attached_now(&self, record: &Record) -> Vec<Attached> {
+        let (Some(cgroups), Ok(enforcer)) = (&self.cgroups, self.lock_enforcer()) else {
+            return Vec::new();
+        };
+        let abs = cgroups.abs(&record.pod.path);
+        enforcer
+            .attachments(&abs, record.pod.cgroup_id)
+            .unwrap_or_default()
     }
 
     /// Files a refused attempt reported by the kernel under its isolation.
@@ -467,10 +711,7 @@ impl Agent {
     }
 
     /// The cgroup id of an isolated target, also when its pod is gone.
-    async fn resolve_isolated(
-        &self,
-        target: &PodTarget,
-    ) -> Result<(u64, Option<(PodCgroup, Option<CriPod>)>, Option<PathBuf>), AgentError> {
+    async fn resolve_isolated(&self, target: &PodTarget) -> Resolved {
         match self.resolve(target).await {
             Ok((pod, cri)) => {
                 let id = pod.cgroup_id;
@@ -533,16 +774,176 @@ impl Agent {
         )))
     }
 
-    /// Adopts isolations pinned by an earlier agent; removes those whose
-    /// pod is gone.
-    ///
-    /// Known shortcoming: the reason, reference and names of an adopted
-    /// isolation are not kept across restarts (no ledger yet); the policy
-    /// itself (mode and allow-list) is read back from the kernel.
-    fn adopt(&self) {
+    /// Reconciles the ledger with the pins and the cgroup tree at start:
+    /// settles the orders a crash left unfinished, re-attaches what the
+    /// ledger says is in force (also when its pins were removed), lifts
+    /// isolations whose pod is gone, and adopts pins with no order.
+    fn reconcile(&self) {
         let (Some(cgroups), Some(_)) = (&self.cgroups, &self.enforcer) else {
-            return;
+            return warn!("no cgroup2 or no programs: the ledger's isolations are not enforced");
         };
+        // Without the pod list every pod would look gone: touch nothing.
+        let pods = match cgroups.scan_pods() {
+            Ok(pods) => pods,
+            Err(e) => {
+                return warn!(error = %error_chain(&e), "cannot scan the pods: not reconciled")
+            }
+        };
+        let ledger = self.orders.ledger();
+        match ledger.unfinished() {
+            Ok(recs) => recs.iter().for_each(|r| self.settle(cgroups, &pods, r)),
+            Err(e) => warn!(error = %error_chain(&e), "cannot list unfinished orders"),
+        }
+        match ledger.in_force() {
+            Ok(recs) => recs.iter().for_each(|r| self.restore(cgroups, &pods, r)),
+            Err(e) => warn!(error = %error_chain(&e), "cannot list the orders in force"),
+        }
+        self.adopt(cgroups, &pods);
+    }
+
+    /// Settles an order a crash left `Accepted`: an isolation is carried
+    /// out from its stored request, a release too; anything else failed.
+    fn settle(&self, cgroups: &Cgroup2, pods: &[PodCgroup], rec: &OrderRecord) {
+        let span = tracing::info_span!("settle", order.id = %rec.id, cgroup.id = rec.cgroup_id);
+        let _enter = span.enter();
+        let outcome = match rec.action.as_str() {
+            action::ISOLATE => self
+                .apply_stored(cgroups, pods, rec)
+                .map(|i| i.encode_to_vec()),
+            action::RELEASE if rec.cgroup_id != 0 => self.settle_release(rec),
+            _ => Err(AgentError::Unsettled(
+                "the agent stopped before this order's outcome was recorded; it may or may not \
+                 have been carried out: look, then send it again with a new order id"
+                    .into(),
+            )),
+        };
+        let ledger = self.orders.ledger();
+        let finished = match outcome {
+            Ok(reply) => ledger.finish(&rec.id, OrderState::Enforced, Some(reply), None),
+            Err(e) => {
+                if rec.action == action::ISOLATE && rec.cgroup_id != 0 {
+                    self.undo_partial(rec.cgroup_id);
+                }
+                let failure = orders::failure_of(&e);
+                ledger.finish(&rec.id, OrderState::Failed, None, Some(failure))
+            }
+        };
+        match finished {
+            Ok(r) => info!(order.state = %r.state, "settled an order left unfinished by a crash"),
+            Err(e) => warn!(error = %error_chain(&e), "cannot record a settled order"),
+        }
+    }
+
+    /// Completes a release a crash interrupted; the encoded reply.
+    fn settle_release(&self, rec: &OrderRecord) -> Result<Vec<u8>, AgentError> {
+        self.lock_enforcer()?.release(rec.cgroup_id)?;
+        self.lock_records().remove(&rec.cgroup_id);
+        mark_lifted(self.orders.ledger(), rec.cgroup_id, OrderState::Released)
+            .map_err(orders::ledger_error)?;
+        let now = SystemTime::now();
+        let reply = v1::ReleaseResponse {
+            received_at: Some(rec.received_at.into()),
+            verified_at: Some(now.into()),
+            ..Default::default()
+        };
+        Ok(reply.encode_to_vec())
+    }
+
+    fn undo_partial(&self, cgroup_id: u64) {
+        let undone = self
+            .lock_enforcer()
+            .and_then(|mut e| Ok(e.release(cgroup_id)?));
+        if let Err(e) = undone {
+            warn!(cgroup.id = cgroup_id, error = %e, "cannot remove a half-done isolation");
+        }
+        self.lock_records().remove(&cgroup_id);
+    }
+
+    /// Keeps an enforced isolation in force after a restart: re-attaches
+    /// what is missing, or lifts it when its pod is gone.
+    fn restore(&self, cgroups: &Cgroup2, pods: &[PodCgroup], rec: &OrderRecord) {
+        let restorable = rec.action == action::ISOLATE && rec.state == OrderState::Enforced;
+        if !restorable || self.lock_records().contains_key(&rec.cgroup_id) {
+            return;
+        }
+        let span = tracing::info_span!("restore", order.id = %rec.id, cgroup.id = rec.cgroup_id);
+        let _enter = span.enter();
+        if !pods.iter().any(|p| p.cgroup_id == rec.cgroup_id) {
+            return self.end_gone(rec);
+        }
+        match self.apply_stored(cgroups, pods, rec) {
+            Ok(_) => info!(pod.uid = %rec.pod_uid, "isolation restored from the ledger"),
+            // Known shortcoming: the order stays enforced in the ledger
+            // while the kernel refuses; only the log says so until the
+            // next restart tries again.
+            Err(e) => warn!(error = %e, "cannot re-attach an isolation the ledger holds"),
+        }
+    }
+
+    /// Lifts the pins of an isolation whose pod is gone, and says so in
+    /// the ledger.
+    fn end_gone(&self, rec: &OrderRecord) {
+        self.undo_partial(rec.cgroup_id);
+        let why = Failure {
+            code: tonic::Code::NotFound as i32,
+            message: "the pod is gone; its isolation's pins were removed".into(),
+        };
+        match self.orders.ledger().end(&rec.id, OrderState::Released, why) {
+            Ok(_) => info!(pod.uid = %rec.pod_uid, "pod of an isolation is gone: released"),
+            Err(e) => warn!(error = %error_chain(&e), "cannot record a gone pod"),
+        }
+    }
+
+    /// Enforces an isolation order from its stored request, and records it
+    /// in memory with the reason, reference and names it was given.
+    fn apply_stored(
+        &self,
+        cgroups: &Cgroup2,
+        pods: &[PodCgroup],
+        rec: &OrderRecord,
+    ) -> Result<v1::Isolation, AgentError> {
+        let req = v1::IsolateRequest::decode(rec.request.as_slice())
+            .map_err(|e| AgentError::Ledger(format!("order {}: stored request: {e}", rec.id)))?;
+        let order = validate::isolate(&req)?;
+        let pod = pods
+            .iter()
+            .find(|p| p.cgroup_id == rec.cgroup_id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("pod {} is gone", rec.pod_uid)))?;
+
+        let policy = policy_for(&order);
+        let abs = cgroups.abs(&pod.path);
+        let attached = self
+            .lock_enforcer()?
+            .isolate(&abs, pod.cgroup_id, &policy)?;
+        self.verify_isolated(&attached, pod.cgroup_id, &policy)?;
+
+        let first = rec
+            .reply
+            .as_deref()
+            .and_then(|r| v1::Isolation::decode(r).ok());
+        let stamps = Stamps {
+            order_id: rec.id.clone(),
+            received_at: rec.received_at,
+            expires_at: rec.expires_at,
+        };
+        let enforced_at = first
+            .as_ref()
+            .and_then(|i| i.enforced_at)
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or_else(SystemTime::now);
+        let names = stored_names(first.as_ref(), &order.target);
+        let record = new_record(pod, names, order, &stamps, enforced_at);
+        let reply = self.isolation_to_proto(&record, attached);
+        self.lock_records().insert(record.pod.cgroup_id, record);
+        Ok(reply)
+    }
+
+    /// Adopts isolations pinned by an earlier agent that the ledger has no
+    /// order for (pins from before the ledger, or a ledger moved away);
+    /// removes those whose pod is gone. Their policy (mode and allow-list)
+    /// is read back from the kernel; their reason is not known.
+    fn adopt(&self, cgroups: &Cgroup2, pods: &[PodCgroup]) {
         let Ok(mut ids) = self
             .lock_enforcer()
             .and_then(|e| Ok((e.pinned_cgroups()?, e.policy_cgroups()?)))
@@ -552,9 +953,9 @@ impl Agent {
         ids.0.append(&mut ids.1);
         ids.0.sort_unstable();
         ids.0.dedup();
-        let pods = cgroups.scan_pods().unwrap_or_default();
-        for id in ids.0 {
-            self.adopt_one(cgroups, &pods, id);
+        let known: Vec<u64> = self.lock_records().keys().copied().collect();
+        for id in ids.0.into_iter().filter(|id| !known.contains(id)) {
+            self.adopt_one(cgroups, pods, id);
         }
     }
 
@@ -597,8 +998,10 @@ impl Agent {
             received_at: now,
             enforced_at: now,
             refusals: VecDeque::new(),
+            order_id: String::new(),
+            expires_at: None,
         };
-        info!(pod.uid = %pod.uid, cgroup.id = id, "adopted a pinned isolation");
+        info!(pod.uid = %pod.uid, cgroup.id = id, "adopted a pinned isolation with no order in the ledger");
         drop(enforcer);
         self.lock_records().insert(id, record);
     }
@@ -636,7 +1039,93 @@ impl Agent {
                 sends_refused: counters.sends_refused,
             }),
             recent_refusals: r.refusals.iter().cloned().collect(),
+            order_id: r.order_id.clone(),
+            expires_at: r.expires_at.map(Into::into),
         }
+    }
+}
+
+/// An isolated target: its cgroup id, its pod and runtime view unless
+/// the pod is gone, and its cgroup's absolute path.
+type Resolved = Result<(u64, Option<(PodCgroup, Option<CriPod>)>, Option<PathBuf>), AgentError>;
+
+/// What the ledger says of an isolation besides its policy.
+#[derive(Debug, Clone)]
+struct Stamps {
+    order_id: String,
+    received_at: SystemTime,
+    expires_at: Option<SystemTime>,
+}
+
+fn new_record(
+    pod: PodCgroup,
+    (namespace, name): (String, String),
+    order: IsolateOrder,
+    stamps: &Stamps,
+    enforced_at: SystemTime,
+) -> Record {
+    Record {
+        pod,
+        namespace,
+        name,
+        mode: order.mode,
+        allow: order.allow,
+        reason: order.reason,
+        reference: order.reference,
+        received_at: stamps.received_at,
+        enforced_at,
+        refusals: VecDeque::new(),
+        order_id: stamps.order_id.clone(),
+        expires_at: stamps.expires_at,
+    }
+}
+
+/// A ledger entry for an order; the pod is filled in once resolved.
+fn new_order(
+    id: &str,
+    action: &str,
+    fingerprint: [u8; 32],
+    request: Vec<u8>,
+    received_at: SystemTime,
+) -> NewOrder {
+    NewOrder {
+        id: id.to_owned(),
+        action: action.to_owned(),
+        fingerprint,
+        request,
+        pod_uid: String::new(),
+        cgroup_id: 0,
+        received_at,
+        expires_at: None,
+    }
+}
+
+/// The fingerprint of a request whose order id was cleared, so that the
+/// same order sent twice under one id has one fingerprint.
+fn content_fingerprint(action: &str, cleared: impl Message) -> [u8; 32] {
+    fingerprint(action, &cleared.encode_to_vec())
+}
+
+/// Marks the in-force isolation orders of `cgroup_id` as `state`.
+fn mark_lifted(ledger: &Ledger, cgroup_id: u64, state: OrderState) -> Result<(), LedgerError> {
+    let lifted = ledger.in_force()?.into_iter().filter(|r| {
+        r.action == action::ISOLATE && r.cgroup_id == cgroup_id && r.state == OrderState::Enforced
+    });
+    for rec in lifted {
+        ledger.set_state(&rec.id, state)?;
+    }
+    Ok(())
+}
+
+/// The pod's namespace and name: from the first reply, else from the
+/// request when it named the pod.
+fn stored_names(first: Option<&v1::Isolation>, target: &PodTarget) -> (String, String) {
+    if let Some(pod) = first.and_then(|i| i.pod.as_ref()) {
+        return (pod.namespace.clone(), pod.name.clone());
+    }
+    match target {
+        PodTarget::Name { namespace, name } => (namespace.clone(), name.clone()),
+        PodTarget::Uid(_) => Default::default(),
     }
 }
 

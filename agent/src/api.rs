@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use stockade_proto::v1::{self, stockade_server::Stockade};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    access::{Caller, Gate},
+    access::{gate::Effect, gate::Order, Caller, Gate},
     agent::{Agent, AgentError},
 };
 
@@ -32,6 +32,11 @@ impl Service {
 
 /// The status code a caller can act on, for each kind of failure.
 pub fn status(err: AgentError) -> Status {
+    status_of(&err)
+}
+
+/// Like [`status`], for an error that is kept.
+pub fn status_of(err: &AgentError) -> Status {
     let msg = err.to_string();
     match err {
         AgentError::Invalid(_) => Status::invalid_argument(msg),
@@ -40,6 +45,9 @@ pub fn status(err: AgentError) -> Status {
         AgentError::AlreadyIsolated(_) => Status::already_exists(msg),
         AgentError::Kernel(_) | AgentError::NotVerified(_) => Status::internal(msg),
         AgentError::Deadline(_) => Status::deadline_exceeded(msg),
+        AgentError::OrderConflict(_) => Status::already_exists(msg),
+        AgentError::Replayed { code, message } => Status::new(Code::from(*code), message.clone()),
+        AgentError::Unsettled(_) | AgentError::Ledger(_) => Status::unavailable(msg),
     }
 }
 
@@ -133,12 +141,44 @@ impl Stockade for Service {
         let reply = self.agent.uncontain(req.get_ref()).await.map_err(status)?;
         Ok(Response::new(reply))
     }
+
+    async fn get_order(
+        &self,
+        req: Request<v1::GetOrderRequest>,
+    ) -> Result<Response<v1::Order>, Status> {
+        let reply = self.agent.order(&req.get_ref().id).await.map_err(status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<v1::ListOrdersRequest>,
+    ) -> Result<Response<v1::ListOrdersResponse>, Status> {
+        let orders = self.agent.orders(req.get_ref()).await.map_err(status)?;
+        Ok(Response::new(v1::ListOrdersResponse { orders }))
+    }
+
+    async fn extend_isolation(
+        &self,
+        req: Request<v1::ExtendIsolationRequest>,
+    ) -> Result<Response<v1::IsolateResponse>, Status> {
+        let caller = Caller::of(&req);
+        let order = Order {
+            action: "extend",
+            // Keeping a pod isolated longer or shorter changes no
+            // containment's kind: the lifting guards apply.
+            effect: Effect::Lift,
+            pod: req.get_ref().pod.as_ref(),
+            dry_run: false,
+        };
+        let act = self.agent.extend(req.get_ref());
+        let reply = self.gate.guarded(&*self.agent, &caller, order, act).await?;
+        Ok(Response::new(reply.unwrap_or_default()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
     use crate::validate::FieldError;
 

@@ -3,8 +3,8 @@
 //! the kernel and the container runtime.
 
 pub mod cgroup;
-pub mod contain;
 pub mod cli;
+pub mod contain;
 pub mod cri;
 pub mod enforce;
 pub mod uds;

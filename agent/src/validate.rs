@@ -35,7 +35,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -511,6 +511,8 @@ mod tests {
 
     fn request(allow: Vec<AllowRule>) -> IsolateRequest {
         IsolateRequest {
+            order_id: String::new(),
+            ttl_seconds: 0,
             pod: by_uid(UID),
             allow,
             mode: 0,
@@ -546,6 +548,8 @@ mod tests {
     #[test]
     fn a_full_order_validates() {
         let req = IsolateRequest {
+            order_id: String::new(),
+            ttl_seconds: 0,
             pod: by_name("forensics-1", "web-7d4b9c.x"),
             allow: vec![rule("10.0.0.10", Protocol::Tcp, 443, 0)],
             mode: IsolationMode::Strict as i32,
@@ -584,6 +588,8 @@ mod tests {
         req.pod = Some(PodSelector { target: None });
         assert_eq!(refusal(&req).0, "pod");
         let release_req = ReleaseRequest {
+            order_id: String::new(),
+            all: false,
             pod: None,
             reason: "done".to_owned(),
             dry_run: false,
@@ -690,6 +696,8 @@ mod tests {
         req.reason = "x".repeat(257);
         assert_eq!(refusal(&req).1, "at most 256 characters, got 257");
         let release_req = ReleaseRequest {
+            order_id: String::new(),
+            all: false,
             pod: by_uid(UID),
             reason: String::new(),
             dry_run: false,
@@ -711,6 +719,8 @@ mod tests {
     #[test]
     fn release_gives_the_target_and_reason() {
         let req = ReleaseRequest {
+            order_id: String::new(),
+            all: false,
             pod: by_name("ns", "p"),
             reason: "cleared".to_owned(),
             dry_run: false,

@@ -302,6 +302,8 @@ impl AgentProc {
             .arg(&self.socket)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(self.log.with_file_name("agent-state"))
             .args(["--node-name", "runtime-test-node", "--log-format", "text"])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

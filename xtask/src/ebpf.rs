@@ -45,8 +45,8 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
         let fresh = tmp.path().join(object.replace('/', "_"));
         build(root, source, &fresh)?;
         let committed = root.join(CRATE_DIR).join(object);
-        let committed = fs::read(&committed)
-            .with_context(|| format!("cannot read {}", committed.display()))?;
+        let committed =
+            fs::read(&committed).with_context(|| format!("cannot read {}", committed.display()))?;
         if fs::read(&fresh)? != committed {
             stale.push(format!("{CRATE_DIR}/{object}"));
         } else {
@@ -54,7 +54,10 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
         }
     }
     if !stale.is_empty() {
-        bail!("{} stale: run cargo xtask ebpf and commit", stale.join(", "));
+        bail!(
+            "{} stale: run cargo xtask ebpf and commit",
+            stale.join(", ")
+        );
     }
     Ok(())
 }
@@ -138,7 +141,9 @@ mod tests {
             assert!(source.starts_with("src/") && source.ends_with(".bpf.c"));
             let stem = source.trim_start_matches("src/").trim_end_matches(".c");
             assert_eq!(*object, format!("obj/{stem}.o"));
-            assert!(OBJECTS[i + 1..].iter().all(|(s, o)| s != source && o != object));
+            assert!(OBJECTS[i + 1..]
+                .iter()
+                .all(|(s, o)| s != source && o != object));
         }
     }
 }

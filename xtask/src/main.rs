@@ -40,6 +40,10 @@ enum Task {
         /// How many isolate/release orders to time.
         #[arg(long, default_value_t = 100)]
         runs: usize,
+        /// Time kills instead: cgroup.kill against walking the PID list,
+        /// on a pod of 1000 forking processes, `--runs` times each.
+        #[arg(long)]
+        kill: bool,
     },
     /// Make a throw-away CA, agent and client certificates, and an access
     /// configuration, to try the mutual-TLS listener with.
@@ -71,8 +75,12 @@ fn run(task: Task, root: &Path) -> anyhow::Result<ExitCode> {
         Task::CheckEbpf => ebpf::check(root).map(|()| ExitCode::SUCCESS),
         Task::Test => test::run(root),
         Task::Demo => run_bin::run(root, "demo", "stk-demo", false, &[]),
-        Task::Bench { runs } => {
+        Task::Bench { runs, kill: false } => {
             run_bin::run(root, "bench", "stk-bench", true, &[runs.to_string()])
+        }
+        Task::Bench { runs, kill: true } => {
+            let args = ["kill".to_string(), runs.to_string()];
+            run_bin::run(root, "bench", "stk-bench", true, &args)
         }
         Task::Certs { out, agent_names } => {
             certs::run(&root.join(out), &agent_names).map(|()| ExitCode::SUCCESS)

@@ -64,6 +64,8 @@ const READ_METHODS: &[&str] = &[
     "/stockade.v1.Stockade/GetInfo",
     "/stockade.v1.Stockade/ListPods",
     "/stockade.v1.Stockade/ListIsolations",
+    "/stockade.v1.Stockade/GetOrder",
+    "/stockade.v1.Stockade/ListOrders",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -74,6 +76,7 @@ const READ_METHODS: &[&str] = &[
 const ISOLATE_METHODS: &[&str] = &[
     "/stockade.v1.Stockade/Isolate",
     "/stockade.v1.Stockade/Release",
+    "/stockade.v1.Stockade/ExtendIsolation",
 ];
 
 /// The role a gRPC method path needs; anything not listed needs
@@ -414,6 +417,9 @@ mod tests {
         assert_eq!(required_role(&m("ListIsolations")), Role::Reader);
         assert_eq!(required_role(&m("Isolate")), Role::Isolator);
         assert_eq!(required_role(&m("Release")), Role::Isolator);
+        assert_eq!(required_role(&m("GetOrder")), Role::Reader);
+        assert_eq!(required_role(&m("ListOrders")), Role::Reader);
+        assert_eq!(required_role(&m("ExtendIsolation")), Role::Isolator);
         for name in [
             "Freeze",
             "Kill",

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     agent::{Agent, AgentError},
-    api, features,
+    api, features, orders,
     validate::{self, FieldError, IsolateOrder, Mode, PodTarget},
 };
 
@@ -248,6 +248,50 @@ impl Gate {
         caller: &Caller,
         req: &v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
+        match req.all {
+            true => self.try_release_all(node, caller, req).await,
+            false => self.try_release_one(node, caller, req).await,
+        }
+    }
+
+    /// `release --all`: each isolated pod is released as an order of its
+    /// own, through its own guards, with the id `<order id>:<pod uid>`.
+    ///
+    /// Known shortcoming: the first pod that fails stops the rest; the
+    /// pods released before it stay released and are not listed.
+    async fn try_release_all<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
+        if req.pod.is_some() {
+            let err = FieldError::new("pod", "must be empty when `all` is set");
+            return Err(invalid(err));
+        }
+        let base = orders::order_id(&req.order_id, "order_id").map_err(invalid)?;
+        let isolations = node.isolations().map_err(api::status)?;
+        let mut reply = v1::ReleaseResponse {
+            received_at: Some(SystemTime::now().into()),
+            dry_run: req.dry_run,
+            ..Default::default()
+        };
+        for pod in isolations.into_iter().filter_map(|i| i.pod) {
+            let one = one_of_all(req, &base, &pod.uid);
+            let done = self.try_release_one(node, caller, &one).await?;
+            reply.foreign_programs_left += done.foreign_programs_left;
+            reply.released.push(done.pod.unwrap_or(pod));
+        }
+        reply.verified_at = (!req.dry_run).then(|| SystemTime::now().into());
+        Ok(reply)
+    }
+
+    async fn try_release_one<N: Node>(
+        &self,
+        node: &N,
+        caller: &Caller,
+        req: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
         let received_at = SystemTime::now();
         let (target, _reason) = validate::release(req).map_err(invalid)?;
         let pods = node.pods().await.map_err(api::status)?;
@@ -283,7 +327,24 @@ impl Gate {
             verified_at: None,
             foreign_programs_left: 0,
             dry_run: true,
+            released: Vec::new(),
         })
+    }
+}
+
+/// The release of one pod within `release --all`.
+fn one_of_all(all: &v1::ReleaseRequest, base: &str, uid: &str) -> v1::ReleaseRequest {
+    // Ids are ASCII (validated), so any byte index is a char boundary;
+    // the cut keeps `<base>:<uuid>` within the 128 characters allowed.
+    let base = &base[..base.len().min(91)];
+    v1::ReleaseRequest {
+        pod: Some(v1::PodSelector {
+            target: Some(Target::Uid(uid.to_owned())),
+        }),
+        reason: all.reason.clone(),
+        dry_run: all.dry_run,
+        order_id: format!("{base}:{uid}"),
+        all: false,
     }
 }
 

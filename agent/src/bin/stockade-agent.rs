@@ -10,7 +10,7 @@ use stockade_agent::{
     api::Service,
     contain::{guard, kill::KillMethod, kube::KubeSource, ContainSettings},
     cri::{self, CriClient},
-    events, health, server,
+    events, health, ledger, server,
 };
 use tracing::{error, info, warn};
 
@@ -37,6 +37,9 @@ struct Args {
     /// Deadline of every call to the container runtime, in milliseconds.
     #[arg(long, env = "STOCKADE_CRI_TIMEOUT_MS", default_value_t = 2000)]
     cri_timeout_ms: u64,
+    /// Folder of the order ledger, kept across restarts (root only).
+    #[arg(long, env = "STOCKADE_STATE_DIR", default_value = ledger::DEFAULT_DIR)]
+    state_dir: PathBuf,
     /// The cgroup2 mount; found from /proc/self/mountinfo when unset.
     #[arg(long, env = "STOCKADE_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
@@ -84,6 +87,10 @@ enum LogFormat {
     Text,
 }
 
+/// How often isolations are checked for an expired TTL: the precision of
+/// a TTL.
+const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
+
 /// How long open connections may finish after SIGTERM before they are cut.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -102,14 +109,17 @@ async fn main() -> anyhow::Result<()> {
             kill_method: args.kill_method.forced(),
             kube: KubeSource::detect(args.kubeconfig.as_deref()),
         },
+        state_dir: args.state_dir.clone(),
     };
     ensure_bpffs(&settings.pin_root);
     let cri = connect_runtime(&args.cri_socket, settings.cri_timeout).await;
 
     let agent = tokio::task::spawn_blocking(move || Agent::start(settings, cri))
         .await
-        .context("agent start-up panicked")?;
+        .context("agent start-up panicked")?
+        .context("cannot open the order ledger")?;
     let agent = Arc::new(agent);
+    tokio::spawn(Agent::run_expiry(agent.clone(), EXPIRY_PERIOD));
     if let Some(ring) = agent.take_events() {
         tokio::spawn(events::run(agent.clone(), ring));
     }

@@ -9,6 +9,7 @@ use stockade_proto::v1::{pod_selector::Target, AllowRule, PodName, PodSelector};
 use super::{
     allow::parse_allow_rule,
     contain::{KillArgs, OrderArgs, UndoArgs},
+    orders::{parse_ttl, ExtendArgs, GetArgs, ListArgs},
 };
 
 #[derive(Debug, Parser)]
@@ -128,6 +129,12 @@ pub enum Command {
     Contain(OrderArgs),
     /// Lift a pod's exec guard.
     Uncontain(UndoArgs),
+    /// The orders in the agent's ledger, newest first.
+    Orders(ListArgs),
+    /// One order from the agent's ledger.
+    Order(GetArgs),
+    /// Change when an isolation ends by itself (--ttl 0: never).
+    Extend(ExtendArgs),
 }
 
 /// The pod an order is for: `NAMESPACE/NAME` or `--uid UID`.
@@ -192,12 +199,67 @@ pub struct IsolateArgs {
     /// Resolve, validate and check the guards; change nothing.
     #[arg(long, env = "STOCKADE_DRY_RUN")]
     pub dry_run: bool,
+
+    /// Release the isolation by itself after this long, as 90s, 10m or
+    /// 1h; 0 (the default) means never.
+    #[arg(long, env = "STOCKADE_TTL", value_parser = parse_ttl, default_value = "0")]
+    pub ttl: Duration,
+
+    /// This order's id, so that a retry is acted on once; the agent makes
+    /// one up when it is not given.
+    #[arg(
+        long,
+        env = "STOCKADE_ORDER_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub order_id: String,
+}
+
+/// The pods a release is for: `NAMESPACE/NAME`, `--uid UID` or `--all`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReleaseTarget {
+    /// The pod, as NAMESPACE/NAME.
+    #[arg(value_name = "POD", value_parser = parse_pod_name)]
+    pub pod: Option<PodName>,
+
+    /// The pod's UID (metadata.uid), instead of NAMESPACE/NAME.
+    #[arg(long, env = "STOCKADE_POD_UID")]
+    pub uid: Option<String>,
+
+    /// Every isolation on this node.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl ReleaseTarget {
+    /// The selector of one pod; `None` for `--all`.
+    pub fn selector(&self) -> Option<PodSelector> {
+        let target = match (&self.pod, &self.uid) {
+            (Some(name), _) => Target::Name(name.clone()),
+            (None, Some(uid)) => Target::Uid(uid.clone()),
+            (None, None) => return None,
+        };
+        Some(PodSelector {
+            target: Some(target),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
     #[command(flatten)]
-    pub pod: PodArg,
+    pub pod: ReleaseTarget,
+
+    /// This order's id, so that a retry is acted on once.
+    #[arg(
+        long,
+        env = "STOCKADE_ORDER_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub order_id: String,
 
     /// Why, in a few words; recorded with the order.
     #[arg(

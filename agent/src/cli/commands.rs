@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 
 use super::{
     args::{Command, IsolateArgs, Output, ReleaseArgs},
-    contain, json, render, Error, Report,
+    contain, json, orders, render, Error, Report,
 };
 
 type Client = StockadeClient<Channel>;
@@ -29,6 +29,9 @@ pub async fn execute(command: &Command, client: &mut Client, output: Output) -> 
         Command::Terminate(args) => contain::terminate(client, args, output).await,
         Command::Contain(args) => contain::contain(client, args, output).await,
         Command::Uncontain(args) => contain::uncontain(client, args, output).await,
+        Command::Orders(args) => orders::list(client, args, output).await,
+        Command::Order(args) => orders::get(client, args, output).await,
+        Command::Extend(args) => orders::extend(client, args, output).await,
     }
 }
 
@@ -85,6 +88,8 @@ async fn isolate(client: &mut Client, args: &IsolateArgs, output: Output) -> Res
         reason: args.reason.clone(),
         reference: args.reference.clone(),
         dry_run: args.dry_run,
+        order_id: args.order_id.clone(),
+        ttl_seconds: orders::ttl_seconds(args.ttl),
     };
     let reply = client.isolate(request).await?.into_inner();
     let isolation = reply.isolation.unwrap_or_default();
@@ -101,9 +106,11 @@ async fn isolate(client: &mut Client, args: &IsolateArgs, output: Output) -> Res
 
 async fn release(client: &mut Client, args: &ReleaseArgs, output: Output) -> Result<Report> {
     let request = ReleaseRequest {
-        pod: Some(args.pod.selector()),
+        pod: args.pod.selector(),
         reason: args.reason.clone(),
         dry_run: args.dry_run,
+        order_id: args.order_id.clone(),
+        all: args.pod.all,
     };
     let reply = client.release(request).await?.into_inner();
 

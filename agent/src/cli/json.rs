@@ -76,6 +76,8 @@ pub fn isolation(isolation: &Isolation) -> Value {
         "attachments": isolation.attachments.iter().map(attachment).collect::<Vec<_>>(),
         "counters": isolation.counters.as_ref().map(counters),
         "recent_refusals": isolation.recent_refusals.iter().map(refusal).collect::<Vec<_>>(),
+        "order_id": isolation.order_id,
+        "expires_at": timestamp(isolation.expires_at.as_ref()),
     })
 }
 

@@ -10,6 +10,7 @@ mod args;
 mod commands;
 mod contain;
 mod json;
+mod orders;
 mod render;
 mod table;
 #[cfg(test)]

@@ -167,6 +167,27 @@ impl Stockade for FakeAgent {
     ) -> Result<Response<v1::UncontainResponse>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+
+    async fn get_order(
+        &self,
+        _: Request<v1::GetOrderRequest>,
+    ) -> Result<Response<v1::Order>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn list_orders(
+        &self,
+        _: Request<v1::ListOrdersRequest>,
+    ) -> Result<Response<v1::ListOrdersResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn extend_isolation(
+        &self,
+        _: Request<v1::ExtendIsolationRequest>,
+    ) -> Result<Response<v1::IsolateResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
 }
 
 /// Serves [`FakeAgent`] until the test's runtime ends.
@@ -357,18 +378,29 @@ fn status_codes_are_named_as_in_grpc() {
 async fn freeze_prints_what_cgroup_events_says_and_passes_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let socket = serve(dir.path());
-    let args = ["freeze", "shop/web", "--reason", "forensics", "--wait", "2s"];
+    let args = [
+        "freeze",
+        "shop/web",
+        "--reason",
+        "forensics",
+        "--wait",
+        "2s",
+    ];
 
     let report = stockade(&socket, &args).await.unwrap();
 
     assert!(
-        report.text.starts_with(
-            "froze shop/web (uid 0b1e): cgroup.events says populated 1, frozen 1\n"
-        ),
+        report
+            .text
+            .starts_with("froze shop/web (uid 0b1e): cgroup.events says populated 1, frozen 1\n"),
         "{}",
         report.text
     );
-    assert!(report.text.contains("order to verified  2.0 ms"), "{}", report.text);
+    assert!(
+        report.text.contains("order to verified  2.0 ms"),
+        "{}",
+        report.text
+    );
 }
 
 #[tokio::test]
@@ -379,7 +411,8 @@ async fn a_thaw_that_did_not_settle_reports_deadline_exceeded() {
     let err = stockade(&socket, &["thaw", "shop/web"]).await.unwrap_err();
 
     assert!(
-        err.to_string().starts_with("the agent answered DEADLINE_EXCEEDED: "),
+        err.to_string()
+            .starts_with("the agent answered DEADLINE_EXCEEDED: "),
         "{err}"
     );
     assert_eq!(err.exit_code(), ExitCode::FAILURE);

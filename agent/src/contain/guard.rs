@@ -246,12 +246,15 @@ fn attach_once(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
 /// Why BPF-LSM cannot be used here, or `None`. The program is loaded, not
 /// attached: the tracepoint stays the guard either way.
 fn lsm_missing(ebpf: &mut Ebpf) -> Option<String> {
-    let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    if !lsms.split(',').any(|l| l.trim() == "bpf") {
-        return Some(format!(
-            "bpf is not in the active LSM list ({}); boot with lsm=...,bpf",
-            lsms.trim()
-        ));
+    // The list is only readable where securityfs is mounted; without it,
+    // loading the program is the only test.
+    if let Ok(lsms) = fs::read_to_string("/sys/kernel/security/lsm") {
+        if !lsms.split(',').any(|l| l.trim() == "bpf") {
+            return Some(format!(
+                "bpf is not in the active LSM list ({}); boot with lsm=...,bpf",
+                lsms.trim()
+            ));
+        }
     }
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,

@@ -157,7 +157,10 @@ impl Containment {
         let kill_method = kill::choose(has_kill, settings.containment.kill_method);
         features.extend(probe::cgroup_features(cgroups, own_cgroup, kill_method));
 
-        let guard = start_guard(settings, features);
+        let mut guard = start_guard(settings, features);
+        if let (Some(guard), Some(cgroups)) = (&mut guard, cgroups) {
+            forget_gone_pods(guard, cgroups);
+        }
         let (pods, kube_problem) = start_kube(&settings.containment.kube, settings.cri_timeout);
         features.push(probe::kube_feature(&kube_problem));
         Self {
@@ -181,6 +184,26 @@ impl Containment {
         // change is one map update), so a poisoned lock is usable.
         let guard = self.guard.as_ref()?;
         Some(guard.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Drops the containments, pinned by an earlier agent, of pods whose
+/// cgroup is gone (cgroup ids are not reused, so they could only waste map
+/// entries).
+fn forget_gone_pods(guard: &mut Guard, cgroups: &Cgroup2) {
+    let (Ok(pods), Ok(ids)) = (cgroups.scan_pods(), guard.contained_ids()) else {
+        return warn!("cannot compare the contained pods with the live ones");
+    };
+    for id in ids
+        .into_iter()
+        .filter(|id| !pods.iter().any(|p| p.cgroup_id == *id))
+    {
+        match guard.uncontain(id) {
+            Ok(()) => tracing::info!(cgroup.id = id, "the pod of a containment is gone: dropped"),
+            Err(e) => {
+                warn!(cgroup.id = id, error = %error_chain(&e), "cannot drop a stale containment")
+            }
+        }
     }
 }
 

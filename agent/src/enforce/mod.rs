@@ -269,7 +269,10 @@ impl Enforcer {
         let mut made = Vec::new();
         for hook in HOOKS {
             match self.attach_pinned(&cgroup, path, id, hook) {
-                Ok(Some(pin)) => made.push(pin),
+                Ok(Some(pin)) => {
+                    made.push(pin);
+                    crate::fault::numbered("isolate:after_attach", made.len());
+                }
                 Ok(None) => {}
                 Err(err) => {
                     self.undo(&made, id, had_policy);

@@ -290,6 +290,19 @@ impl Ledger {
         })
     }
 
+    /// Like [`Ledger::set_state`], also noting why: a lasting order lifted
+    /// because its pod is gone, or an unfinished one settled after a crash.
+    pub fn end(&self, id: &str, state: OrderState, why: Failure) -> Result<OrderRecord> {
+        self.update(id, "end an order", |rec| {
+            if rec.state != state && !rec.state.may_become(state) {
+                return Err(transition(rec, state));
+            }
+            rec.state = state;
+            rec.failure = Some(why);
+            Ok(())
+        })
+    }
+
     /// Sets or clears when a lasting order ends by itself.
     pub fn set_expiry(&self, id: &str, expires_at: Option<SystemTime>) -> Result<OrderRecord> {
         self.update(id, "change an order's expiry", |rec| {

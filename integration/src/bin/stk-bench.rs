@@ -122,6 +122,8 @@ impl Workspace {
             .arg(self.socket())
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(self.socket().with_file_name("state"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -169,6 +171,8 @@ async fn measure(work: &Workspace, runs: usize) -> Result<String> {
         let start = Instant::now();
         client
             .release(ReleaseRequest {
+                order_id: String::new(),
+                all: false,
                 pod: Some(selector()),
                 reason: "benchmark".into(),
                 dry_run: false,

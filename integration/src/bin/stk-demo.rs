@@ -5,8 +5,9 @@
 //! 100 ms over one long-lived TCP connection to a server in a network
 //! namespace the demo made. The real agent isolates the pod through the
 //! real CLI; the demo shows the open stream stop, a new connection and a
-//! ping fail, then the release, and prints a timeline. Everything it made
-//! is removed at the end, also on Ctrl-C.
+//! ping fail, then the release; then it freezes the pod (its processes
+//! stop), thaws it, kills it (its cgroup empties), and prints a timeline.
+//! Everything it made is removed at the end, also on Ctrl-C.
 
 use std::{
     fs::File,
@@ -142,6 +143,9 @@ fn run(work: &Path) -> Result<()> {
     )?;
     expect_success(&pod, "ping", &["ping", "-c", "1", "-W", "2", SERVER_IP])?;
     timeline.mark("traffic flowing again");
+    check_interrupt()?;
+
+    freeze_thaw_kill(&agent, &pod, &server, &mut timeline)?;
 
     timeline.print();
     agent.stop();
@@ -150,6 +154,88 @@ fn run(work: &Path) -> Result<()> {
     drop(peer);
     drop(containerd);
     Ok(())
+}
+
+/// Freezes the pod (its shell stops where it stands and the stream
+/// pauses), thaws it (the stream resumes), then kills it (its cgroup
+/// empties).
+fn freeze_thaw_kill(
+    agent: &Agent,
+    pod: &Pod<'_>,
+    server: &Server,
+    timeline: &mut Timeline,
+) -> Result<()> {
+    step("freezing demo/web: every process stops where it stands, memory kept");
+    let shell = pod.container_pid("app")?;
+    agent.cli(&[
+        "freeze",
+        "demo/web",
+        "--reason",
+        "demo: keep the evidence in memory",
+    ])?;
+    timeline.mark("freeze reply received (frozen 1 verified)");
+    let (lines, switches) = (server.count(), context_switches(shell)?);
+    thread::sleep(Duration::from_secs(1));
+    println!(
+        "   pid {shell} (the app's shell): cgroup.events says {}; in 1 s it was scheduled {} \
+         time(s) and the server got {} line(s)",
+        cgroup_events(pod)?,
+        context_switches(shell)? - switches,
+        server.count() - lines
+    );
+    check_interrupt()?;
+
+    step("thawing demo/web");
+    agent.cli(&["thaw", "demo/web"])?;
+    let lines = server.count();
+    thread::sleep(Duration::from_millis(500));
+    println!(
+        "   the stream runs again: {} line(s) in 0.5 s",
+        server.count() - lines
+    );
+    timeline.mark("thawed, stream running again");
+    check_interrupt()?;
+
+    step("killing demo/web: cgroup.kill on the pod, the runtime told too");
+    agent.cli(&["kill", "demo/web", "--reason", "demo: done with it"])?;
+    timeline.mark("kill reply received (populated 0 verified)");
+    let left = pids_in(&pod.cgroup_dir()?);
+    println!(
+        "   the pod's cgroup now: {}, {left} process(es) in it and below",
+        cgroup_events(pod)?
+    );
+    if left != 0 {
+        bail!("{left} process(es) left in the killed pod");
+    }
+    Ok(())
+}
+
+/// `cgroup.events` of the pod, on one line.
+fn cgroup_events(pod: &Pod<'_>) -> Result<String> {
+    let text = std::fs::read_to_string(pod.cgroup_dir()?.join("cgroup.events"))?;
+    Ok(text.lines().collect::<Vec<_>>().join(", "))
+}
+
+/// How often `pid` gave up the CPU; it grows while the shell loops.
+fn context_switches(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no voluntary_ctxt_switches in /proc/PID/status")
+}
+
+/// Processes in `dir` and every cgroup below it.
+fn pids_in(dir: &Path) -> usize {
+    let own = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    let children = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    own + children
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| pids_in(&e.path()))
+        .sum::<usize>()
 }
 
 fn step(what: &str) {
@@ -355,6 +441,8 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .args(["--pin-dir", PIN_DIR, "--node-name", "demo-node"])
+            .arg("--state-dir")
+            .arg(work.join("state"))
             .stdout(Stdio::null())
             .stderr(log)
             // Its own process group: Ctrl-C reaches the demo, which stops it.
@@ -426,7 +514,12 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         // Reached on failure paths only (stop() consumes self otherwise):
-        // lift anything still isolated, then end the agent.
+        // thaw and lift anything still frozen or isolated, then end the
+        // agent.
+        let _ = Command::new(&self.cli)
+            .args(["thaw", "demo/web"])
+            .env("STOCKADE_SOCKET", &self.socket)
+            .output();
         let _ = Command::new(&self.cli)
             .args(["release", "demo/web", "--reason", "demo cleanup"])
             .env("STOCKADE_SOCKET", &self.socket)

@@ -51,6 +51,8 @@ pub struct AgentSpec {
     pub pin_dir: Option<PathBuf>,
     /// A cgroup (absolute) to start the agent in, instead of ours.
     pub cgroup: Option<PathBuf>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -62,6 +64,7 @@ impl AgentSpec {
             kill_method: "auto",
             pin_dir: None,
             cgroup: None,
+            kubeconfig: None,
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct Agent {
     pin_dir: PathBuf,
     rt: tokio::runtime::Runtime,
     client: StockadeClient<Channel>,
+    keep_pins: bool,
 }
 
 impl Agent {
@@ -110,7 +114,13 @@ impl Agent {
             pin_dir,
             rt,
             client,
+            keep_pins: false,
         })
+    }
+
+    /// Ends the agent with SIGKILL, as a crash would, leaving its pins.
+    pub fn crash(mut self) {
+        self.keep_pins = true;
     }
 
     pub fn pid(&self) -> u32 {
@@ -143,7 +153,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if !self.keep_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
@@ -174,6 +186,9 @@ fn spawn(bin: &Path, spec: &AgentSpec, work: &Path, pin_dir: &Path) -> Result<Ch
         .arg(work.join("agent.sock"))
         .arg("--pin-dir")
         .arg(pin_dir)
+        // Each agent its own ledger: two agents cannot share one.
+        .arg("--state-dir")
+        .arg(work.join("state"))
         .args(["--node-name", "containment-test", "--log-format", "text"])
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
@@ -182,6 +197,9 @@ fn spawn(bin: &Path, spec: &AgentSpec, work: &Path, pin_dir: &Path) -> Result<Ch
         .stdout(Stdio::null())
         .stderr(log)
         .process_group(0);
+    if let Some(kubeconfig) = &spec.kubeconfig {
+        cmd.arg("--kubeconfig").arg(kubeconfig);
+    }
     cmd.spawn()
         .with_context(|| format!("starting {}", bin.display()))
 }

@@ -25,7 +25,6 @@ use super::{
 pub struct World {
     pub cd: Containerd,
     pub agent: Agent,
-    base: PathBuf,
 }
 
 pub const CASES: &[crate::PodCase] = &[
@@ -55,29 +54,32 @@ pub const CASES: &[crate::PodCase] = &[
         exec_guard,
     ),
     ("pod_every_error_answers_with_its_code", error_codes),
+    (
+        "pod_exec_guard_outlives_an_agent_crash_and_attaches_once",
+        guard_restart,
+    ),
+    (
+        "pod_terminate_kills_then_deletes_through_the_api",
+        terminate,
+    ),
 ];
 
 /// Starts one containerd and the main agent (pointed at its CRI socket,
 /// 1 s runtime deadline), runs `cases`, and removes everything.
 pub fn with_world(cases: impl FnOnce(&World) -> usize) -> Result<usize> {
     crate::wait_for_bridge(Duration::from_secs(1200))?;
+    // Removed last, also when a step below fails.
     let base = tempfile::Builder::new()
         .prefix("stk-contain-cd-")
-        .tempdir()?
-        .keep();
-    let cd = Containerd::start(&base.join("cd"))?;
+        .tempdir()?;
+    let cd = Containerd::start(&base.path().join("cd"))?;
     let socket = cd.socket().display().to_string();
     let agent = Agent::start(&AgentSpec::new("main", &socket))?;
-    let world = World { cd, agent, base };
+    let world = World { cd, agent };
     let failed = cases(&world);
     drop(world);
+    drop(base);
     Ok(failed)
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.base);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -817,5 +819,199 @@ fn deadlines(w: &World) -> Result<()> {
         late,
         Code::DeadlineExceeded,
         "written back",
+    )
+}
+
+/// Links of the kernel whose program is the exec guard.
+fn guard_links() -> Result<usize> {
+    let json = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = sys::run_ok("bpftool", args)?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let progs = json(&["-j", "prog", "show"])?;
+    let guards: Vec<u64> = progs
+        .as_array()
+        .context("bpftool prog show: not a list")?
+        .iter()
+        .filter(|p| p["name"] == "stk_guard_exec")
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links = json(&["-j", "link", "show"])?;
+    let links = links.as_array().context("bpftool link show: not a list")?;
+    Ok(links
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| guards.contains(&id)))
+        .count())
+}
+
+/// The guard's link and map are pinned: a contained pod stays contained
+/// while its agent is dead, and the restarted agent adopts the link
+/// instead of attaching a second one.
+fn guard_restart(w: &World) -> Result<()> {
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/stk-contain-{}-restart",
+        std::process::id()
+    ));
+    let result = guard_restart_with(w, &pins);
+    let _ = fs::remove_dir_all(&pins);
+    result
+}
+
+fn guard_restart_with(w: &World, pins: &Path) -> Result<()> {
+    let links_before = guard_links()?;
+    let mut spec = AgentSpec::new("restart", "none");
+    spec.pin_dir = Some(pins.to_owned());
+    let first = Agent::start(&spec)?;
+    ensure!(
+        guard_links()? == links_before + 1,
+        "the guard did not attach once"
+    );
+    let pod = sleeper_pod(&w.cd, "restarted")?;
+    let uid = pod.uid().to_owned();
+    let req = v1::ContainRequest {
+        pod: by_uid(&uid),
+        reason: "restart test".into(),
+    };
+    first
+        .rpc(|mut c| async move { c.contain(req).await })
+        .map_err(|s| anyhow!("contain: {s}"))?;
+    first.crash();
+
+    let argv = ["sh", "-c", "echo ran"];
+    let (code, out, _) = pod.exec("app", &argv, Duration::from_secs(10))?;
+    ensure!(
+        code == 137 && out.is_empty(),
+        "exec with the agent dead: {code} {out:?}"
+    );
+
+    let second = Agent::start(&spec)?;
+    ensure!(
+        guard_links()? == links_before + 1,
+        "the restarted agent attached a second guard"
+    );
+    let req = v1::UncontainRequest {
+        pod: by_uid(&uid),
+        reason: String::new(),
+    };
+    let reply = second
+        .rpc(|mut c| async move { c.uncontain(req).await })
+        .map_err(|s| anyhow!("uncontain after restart: {s}"))?;
+    ensure!(reply.execs_killed >= 1, "killed {}", reply.execs_killed);
+    let (code, out, _) = pod.exec("app", &argv, Duration::from_secs(10))?;
+    ensure!(
+        code == 0 && out == "ran\n",
+        "exec after uncontain: {code} {out:?}"
+    );
+    drop(second);
+    ensure!(
+        guard_links()? == links_before,
+        "the guard's link outlived its pins"
+    );
+    Ok(())
+}
+
+/// An API server on loopback that answers one request with a deleted pod,
+/// and hands back the request line and body it got.
+fn api_server() -> Result<(u16, std::thread::JoinHandle<Result<(String, String)>>)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> Result<(String, String)> {
+        let (conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"doomed"}}"#;
+        let mut conn = conn;
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{pod}",
+            pod.len()
+        )?;
+        Ok((request_line.trim().to_owned(), String::from_utf8(body)?))
+    });
+    Ok((port, server))
+}
+
+/// Terminate kills through the cgroup, then deletes through the API server
+/// named by `--kubeconfig` (a loopback mock); without one, the kill still
+/// happens and the reply says the delete did not.
+fn terminate(w: &World) -> Result<()> {
+    let req = |pod: &Pod<'_>| v1::TerminateRequest {
+        pod: by_name(pod),
+        reason: "containment test".into(),
+        timeout_ms: 0,
+    };
+    let pod = sleeper_pod(&w.cd, "orphaned")?;
+    let request = req(&pod);
+    let reply = w
+        .agent
+        .rpc(|mut c| async move { c.terminate(request).await })
+        .map_err(|s| anyhow!("terminate without an API server: {s}"))?;
+    check_killed(&reply.kill.clone().context("no kill")?, &pod)?;
+    ensure!(
+        reply.delete == v1::DeleteOutcome::NotConfigured as i32,
+        "delete outcome {}: {}",
+        reply.delete,
+        reply.delete_detail
+    );
+
+    let (port, server) = api_server()?;
+    let config =
+        std::env::temp_dir().join(format!("stk-contain-{}-kubeconfig", std::process::id()));
+    fs::write(&config, kubeconfig(port))?;
+    let mut spec = AgentSpec::new("terminator", &w.cd.socket().display().to_string());
+    spec.kubeconfig = Some(config.clone());
+    let agent = Agent::start(&spec);
+    let _ = fs::remove_file(&config);
+    let agent = agent?;
+    let pod = sleeper_pod(&w.cd, "doomed")?;
+    let request = req(&pod);
+    let reply = agent
+        .rpc(|mut c| async move { c.terminate(request).await })
+        .map_err(|s| anyhow!("terminate: {s}"))?;
+    check_killed(&reply.kill.clone().context("no kill")?, &pod)?;
+    let (line, body) = server
+        .join()
+        .map_err(|_| anyhow!("the API server panicked"))??;
+    ensure!(
+        reply.delete == v1::DeleteOutcome::Deleted as i32,
+        "delete outcome {}: {}",
+        reply.delete,
+        reply.delete_detail
+    );
+    ensure!(
+        line.starts_with("DELETE /api/v1/namespaces/contain/pods/doomed"),
+        "{line}"
+    );
+    let sent: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(sent["gracePeriodSeconds"] == 0, "{body}");
+    ensure!(sent["preconditions"]["uid"] == pod.uid(), "{body}");
+    println!("   the API server got {line} with {body}");
+    Ok(())
+}
+
+fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: \
+         http://127.0.0.1:{port}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    \
+         user: nobody\ncurrent-context: mock\nusers:\n- name: nobody\n  user: {{}}\n"
     )
 }

@@ -152,6 +152,8 @@ fn isolate(uid: &str, dry_run: bool) -> v1::IsolateRequest {
 
 fn release(uid: &str, dry_run: bool) -> v1::ReleaseRequest {
     v1::ReleaseRequest {
+        order_id: String::new(),
+        all: false,
         pod: selector(uid),
         reason: "cleared".into(),
         dry_run,

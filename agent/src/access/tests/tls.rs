@@ -138,14 +138,15 @@ impl Harness {
 async fn service(cgroup_root: PathBuf, pins: PathBuf, audit: Arc<AuditLog>) -> Service {
     let settings = Settings {
         node_name: "test-node".into(),
-        pin_root: pins,
+        pin_root: pins.clone(),
         cri_socket: None,
         cri_timeout: Duration::from_secs(1),
         cgroup_root: Some(cgroup_root),
         containment: Default::default(),
+        state_dir: pins.with_extension("state"),
     };
     let agent = tokio::task::spawn_blocking(move || Agent::start(settings, None));
-    let agent = Arc::new(agent.await.unwrap());
+    let agent = Arc::new(agent.await.unwrap().unwrap());
     let guards = Guards::new(GuardConfig::default());
     Service::new(agent).with_gate(Arc::new(Gate::new(guards, audit)))
 }
@@ -473,6 +474,8 @@ async fn the_audit_log_never_holds_key_material() {
     let _ = responder.isolate(isolate(POD_UID)).await;
     let _ = responder
         .release(v1::ReleaseRequest {
+            order_id: String::new(),
+            all: false,
             pod: by_uid(POD_UID),
             reason: "done".into(),
             dry_run: true,

@@ -96,7 +96,8 @@ impl BenchPod {
 
     /// Starts the fork loop and waits until the pod is full.
     fn fill(&self) -> Result<()> {
-        let join = r#"echo $$ > "$1/cgroup.procs" && echo $$ > "$2/cgroup.procs" && exec sh -c "$3""#;
+        let join =
+            r#"echo $$ > "$1/cgroup.procs" && echo $$ > "$2/cgroup.procs" && exec sh -c "$3""#;
         let child = Command::new("sh")
             .args(["-c", join, "join"])
             .arg(&self.dir)
@@ -119,7 +120,12 @@ impl BenchPod {
 
     fn kill_by_file(&self) -> Result<Duration> {
         let started = Instant::now();
-        cgkill::kill(&self.cgroups, &self.rel, KillMethod::CgroupKill, started + DEADLINE)?;
+        cgkill::kill(
+            &self.cgroups,
+            &self.rel,
+            KillMethod::CgroupKill,
+            started + DEADLINE,
+        )?;
         Ok(started.elapsed())
     }
 
