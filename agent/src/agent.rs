@@ -143,6 +143,9 @@ pub struct Agent {
     features: Vec<Feature>,
     enforcer: Option<Mutex<Enforcer>>,
     cri: Option<CriClient>,
+    /// Held while an order checks the pod's state and changes it, so two
+    /// concurrent orders for one pod cannot both act.
+    mutation: Mutex<()>,
     records: Mutex<BTreeMap<u64, Record>>,
     containment: Containment,
     started_at: SystemTime,
@@ -188,6 +191,7 @@ impl Agent {
             features,
             enforcer: enforcer.map(Mutex::new),
             cri,
+            mutation: Mutex::new(()),
             records: Mutex::new(BTreeMap::new()),
             containment,
             started_at: SystemTime::now(),
@@ -221,8 +225,11 @@ impl Agent {
         &self.containment
     }
 
-    pub(crate) fn own_cgroup(&self) -> &str {
-        &self.own_cgroup
+    /// The agent's cgroup now: read again for every order, because a
+    /// process can be moved into a pod's cgroup after the agent started.
+    pub(crate) fn own_cgroup(&self) -> String {
+        let live = self.cgroups.as_ref().and_then(|c| c.own_cgroup().ok());
+        live.unwrap_or_else(|| self.own_cgroup.clone())
     }
 
     pub(crate) fn cri(&self) -> Option<&CriClient> {
@@ -328,7 +335,8 @@ impl Agent {
         cri: Option<CriPod>,
         stamps: Stamps,
     ) -> Result<v1::Isolation, AgentError> {
-        cgroup::check_target(&pod.path, &self.own_cgroup)?;
+        let _mutation = self.lock_mutation();
+        cgroup::check_target(&pod.path, &self.own_cgroup())?;
         if let Some(existing) = self.lock_records().get(&pod.cgroup_id) {
             return Err(AgentError::AlreadyIsolated(format!(
                 "pod {} is already isolated (since {}, order {}); release it first",
@@ -398,7 +406,7 @@ impl Agent {
             let (cgroup_id, pod, path) = resolved?;
             let span = tracing::info_span!("release", cgroup.id = cgroup_id, order.id = %id);
             let _enter = span.enter();
-            let foreign = self.lift(cgroup_id, path.as_deref())?;
+            let foreign = self.lift_isolated(cgroup_id, path.as_deref())?;
             self.mark_lifted(cgroup_id, OrderState::Released).await;
             info!(foreign_programs_left = foreign, "pod released");
             Ok(v1::ReleaseResponse {
@@ -499,6 +507,28 @@ impl Agent {
 
     /// Removes our attachments from `cgroup_id` and forgets its record;
     /// the foreign programs left, when the cgroup is still there.
+    /// Lifts the isolation of `cgroup_id` if it is still in force when this
+    /// order gets its turn; a concurrent release that came first wins.
+    fn lift_isolated(
+        &self,
+        cgroup_id: u64,
+        path: Option<&std::path::Path>,
+    ) -> Result<u32, AgentError> {
+        let _mutation = self.lock_mutation();
+        let known = self.lock_records().contains_key(&cgroup_id);
+        if !known && self.lock_enforcer()?.policy(cgroup_id)?.is_none() {
+            return Err(AgentError::NotFound(format!(
+                "cgroup {cgroup_id} is not isolated (released by another order)"
+            )));
+        }
+        self.lift(cgroup_id, path)
+    }
+
+    fn lock_mutation(&self) -> MutexGuard<'_, ()> {
+        // The guarded data lives elsewhere; a poisoned lock is still a lock.
+        self.mutation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lift(&self, cgroup_id: u64, path: Option<&std::path::Path>) -> Result<u32, AgentError> {
         self.lock_enforcer()?.release(cgroup_id)?;
         let foreign = match path {
@@ -532,6 +562,7 @@ impl Agent {
                 (Some(c), Some(p)) => Some(c.abs(&p)),
                 _ => None,
             };
+            let _mutation = self.lock_mutation();
             self.lift(rec.cgroup_id, abs.as_deref()).map(drop)
         };
         let ledger = self.orders.ledger();
@@ -974,9 +1005,15 @@ impl Agent {
             return;
         };
         let Ok(Some(policy)) = enforcer.policy(id) else {
-            // Pins without a policy enforce nothing: drop them.
-            let _ = enforcer.release(id);
-            return;
+            // Known shortcoming: the links hold programs whose maps were
+            // unpinned (the maps folder was removed), so they still enforce
+            // a policy this agent cannot read. Keep them rather than lift
+            // an isolation silently; `stockade release` removes them.
+            return warn!(
+                pod.uid = %pod.uid,
+                cgroup.id = id,
+                "pinned links with no readable policy (maps folder removed?): kept in force"
+            );
         };
         // Re-attaches whatever hook lost its link while we were away.
         if let Err(e) = enforcer.isolate(&cgroups.abs(&pod.path), id, &policy) {

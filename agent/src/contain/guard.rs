@@ -245,6 +245,10 @@ fn attach_once(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
 
 /// Why BPF-LSM cannot be used here, or `None`. The program is loaded, not
 /// attached: the tracepoint stays the guard either way.
+///
+/// Known shortcoming: where BPF-LSM loads, it is still not used; refusing
+/// the exec (instead of killing after it) needs attaching this program and
+/// a kernel test on a machine that allows BPF-LSM.
 fn lsm_missing(ebpf: &mut Ebpf) -> Option<String> {
     // The list is only readable where securityfs is mounted; without it,
     // loading the program is the only test.

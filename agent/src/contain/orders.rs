@@ -1,5 +1,11 @@
 //! The containment orders on the agent's order path: validate, resolve,
 //! refuse what is not exactly one pod, act, verify, reply.
+//!
+//! Known shortcomings: these orders are not recorded in the order ledger
+//! (no order ids, no replay of a repeated order), do not pass the access
+//! gate's guards, dry runs and audit log, and take no per-pod lock, so a
+//! freeze and a thaw sent together for one pod race and the kernel keeps
+//! whichever write came last.
 
 use std::time::{Instant, SystemTime};
 
@@ -204,7 +210,7 @@ impl Agent {
     /// contains the agent (C03).
     async fn resolve_checked(&self, target: &PodTarget) -> Result<Resolved, AgentError> {
         let (pod, cri) = self.resolve(target).await?;
-        cgroup::check_target(&pod.path, self.own_cgroup())?;
+        cgroup::check_target(&pod.path, &self.own_cgroup())?;
         Ok(Resolved { pod, cri })
     }
 
@@ -257,7 +263,7 @@ impl Agent {
                 target.pod.uid
             )));
         };
-        cgroup::check_target(&found.path, self.own_cgroup())?;
+        cgroup::check_target(&found.path, &self.own_cgroup())?;
         Ok(KillScope {
             rel: found.path.clone(),
             id: found.cgroup_id,
