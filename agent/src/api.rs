@@ -24,6 +24,26 @@ impl Service {
         Self { agent, gate }
     }
 
+    /// Runs a containment order through the guards and the audit log.
+    /// These orders have no dry run.
+    async fn guarded<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        effect: Effect,
+        pod: Option<&v1::PodSelector>,
+        act: impl std::future::Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, Status> {
+        let order = Order {
+            action,
+            effect,
+            pod,
+            dry_run: false,
+        };
+        let reply = self.gate.guarded(&*self.agent, caller, order, act).await?;
+        reply.ok_or_else(|| Status::internal(format!("{action} has no dry run")))
+    }
+
     /// The same service with the daemon's guards and audit log.
     pub fn with_gate(self, gate: Arc<Gate>) -> Self {
         Self { gate, ..self }
@@ -98,48 +118,60 @@ impl Stockade for Service {
         &self,
         req: Request<v1::FreezeRequest>,
     ) -> Result<Response<v1::FreezeResponse>, Status> {
-        let reply = self.agent.freeze(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.freeze(r);
+        let reply = self.guarded(&caller, "freeze", Effect::Contain, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn thaw(
         &self,
         req: Request<v1::ThawRequest>,
     ) -> Result<Response<v1::ThawResponse>, Status> {
-        let reply = self.agent.thaw(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.thaw(r);
+        let reply = self.guarded(&caller, "thaw", Effect::Lift, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn kill(
         &self,
         req: Request<v1::KillRequest>,
     ) -> Result<Response<v1::KillResponse>, Status> {
-        let reply = self.agent.kill(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.kill(r);
+        let reply = self.guarded(&caller, "kill", Effect::Contain, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn terminate(
         &self,
         req: Request<v1::TerminateRequest>,
     ) -> Result<Response<v1::TerminateResponse>, Status> {
-        let reply = self.agent.terminate(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.terminate(r);
+        let reply = self.guarded(&caller, "terminate", Effect::Contain, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn contain(
         &self,
         req: Request<v1::ContainRequest>,
     ) -> Result<Response<v1::ContainResponse>, Status> {
-        let reply = self.agent.contain(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.contain(r);
+        let reply = self.guarded(&caller, "contain", Effect::Contain, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn uncontain(
         &self,
         req: Request<v1::UncontainRequest>,
     ) -> Result<Response<v1::UncontainResponse>, Status> {
-        let reply = self.agent.uncontain(req.get_ref()).await.map_err(status)?;
-        Ok(Response::new(reply))
+        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let act = self.agent.uncontain(r);
+        let reply = self.guarded(&caller, "uncontain", Effect::Lift, r.pod.as_ref(), act);
+        Ok(Response::new(reply.await?))
     }
 
     async fn get_order(
