@@ -8,6 +8,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     access::{gate::Effect, gate::Order, Caller, Gate},
     agent::{Agent, AgentError},
+    contain::order,
 };
 
 /// The `stockade.v1.Stockade` service over an [`Agent`].
@@ -119,6 +120,9 @@ impl Stockade for Service {
         req: Request<v1::FreezeRequest>,
     ) -> Result<Response<v1::FreezeResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::freeze(r).map_err(|e| status(e.into()))?;
         let act = self.agent.freeze(r);
         let reply = self.guarded(&caller, "freeze", Effect::Contain, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))
@@ -129,6 +133,9 @@ impl Stockade for Service {
         req: Request<v1::ThawRequest>,
     ) -> Result<Response<v1::ThawResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::thaw(r).map_err(|e| status(e.into()))?;
         let act = self.agent.thaw(r);
         let reply = self.guarded(&caller, "thaw", Effect::Lift, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))
@@ -139,6 +146,9 @@ impl Stockade for Service {
         req: Request<v1::KillRequest>,
     ) -> Result<Response<v1::KillResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::kill(r).map_err(|e| status(e.into()))?;
         let act = self.agent.kill(r);
         let reply = self.guarded(&caller, "kill", Effect::Contain, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))
@@ -149,6 +159,9 @@ impl Stockade for Service {
         req: Request<v1::TerminateRequest>,
     ) -> Result<Response<v1::TerminateResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::terminate(r).map_err(|e| status(e.into()))?;
         let act = self.agent.terminate(r);
         let reply = self.guarded(&caller, "terminate", Effect::Contain, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))
@@ -159,6 +172,9 @@ impl Stockade for Service {
         req: Request<v1::ContainRequest>,
     ) -> Result<Response<v1::ContainResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::contain(r).map_err(|e| status(e.into()))?;
         let act = self.agent.contain(r);
         let reply = self.guarded(&caller, "contain", Effect::Contain, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))
@@ -169,6 +185,9 @@ impl Stockade for Service {
         req: Request<v1::UncontainRequest>,
     ) -> Result<Response<v1::UncontainResponse>, Status> {
         let (caller, r) = (Caller::of(&req), req.get_ref());
+        // Malformed input is refused, naming the field, before the guards
+        // look the pod up.
+        order::uncontain(r).map_err(|e| status(e.into()))?;
         let act = self.agent.uncontain(r);
         let reply = self.guarded(&caller, "uncontain", Effect::Lift, r.pod.as_ref(), act);
         Ok(Response::new(reply.await?))

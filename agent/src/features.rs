@@ -96,11 +96,22 @@ fn cgroup2_missing(mount: Option<&Path>) -> Option<String> {
     }
 }
 
-fn bpffs_missing(dir: &Path) -> Option<String> {
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| is_bpf_magic(fs.filesystem_type().0))
+}
+
+/// The statfs type field is a C `long`, whose width depends on the target.
+#[allow(clippy::unnecessary_cast)]
+fn is_bpf_magic(fs_type: libc::c_long) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    fs_type as i64 == BPF_FS_MAGIC
+}
+
+fn bpffs_missing(dir: &Path) -> Option<String> {
     let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
     match nix::sys::statfs::statfs(probe) {
-        Ok(fs) if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC => None,
+        Ok(fs) if is_bpf_magic(fs.filesystem_type().0) => None,
         Ok(_) => Some(format!(
             "{} is not on a bpf filesystem: mount -t bpf bpf /sys/fs/bpf \
              (in a pod, mount the host's /sys/fs/bpf)",

@@ -2,20 +2,20 @@
 //! order's path (validate, resolve, enforce, verify, report), with seams at
 //! the kernel and the container runtime.
 
+pub mod access;
+pub mod agent;
+pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod contain;
 pub mod cri;
 pub mod enforce;
-pub mod uds;
-pub mod access;
-pub mod agent;
-pub mod api;
 pub mod events;
-pub mod features;
 pub mod fault;
+pub mod features;
 pub mod health;
 pub mod ledger;
 pub mod orders;
 pub mod server;
+pub mod uds;
 pub mod validate;

@@ -937,10 +937,14 @@ fn check_listed<'p>(pods: &'p [v1::Pod], pod: &Pod<'_>) -> Result<&'p v1::Pod> {
             c.state
         );
     }
-    for c in listed.containers.iter().filter(|c| c.id == pod.sandbox_id()) {
+    for c in listed
+        .containers
+        .iter()
+        .filter(|c| c.id == pod.sandbox_id())
+    {
         ensure!(c.name == "(sandbox)", "sandbox listed as {c:?}");
     }
-    for c in listed.containers.iter().filter(|c| c.name.is_empty()) {
+    if let Some(c) = listed.containers.iter().find(|c| c.name.is_empty()) {
         bail!("unnamed container listed: {c:?}");
     }
     Ok(listed)

@@ -238,7 +238,7 @@ async fn connect_runtime(choice: &str, timeout: Duration) -> Option<CriClient> {
 /// is mounted there yet.
 fn ensure_bpffs(pin_root: &std::path::Path) {
     let bpffs = std::path::Path::new("/sys/fs/bpf");
-    if !pin_root.starts_with(bpffs) || is_bpffs(bpffs) {
+    if !pin_root.starts_with(bpffs) || stockade_agent::features::is_bpffs(bpffs) {
         return;
     }
     let flags = nix::mount::MsFlags::empty();
@@ -246,11 +246,6 @@ fn ensure_bpffs(pin_root: &std::path::Path) {
         Ok(()) => info!("mounted bpffs at /sys/fs/bpf"),
         Err(e) => warn!(error = %e, "cannot mount bpffs at /sys/fs/bpf"),
     }
-}
-
-fn is_bpffs(path: &std::path::Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
 fn hostname() -> String {

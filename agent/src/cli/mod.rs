@@ -64,8 +64,20 @@ pub enum Error {
     },
 
     // The status is not a `#[source]`: its message is already in this one.
-    #[error("the agent answered {}: {}", code_name(status.code()), status.message())]
+    #[error("the agent answered {}: {}{}", code_name(status.code()), status.message(), broken_hint(status))]
     Rpc { status: tonic::Status },
+}
+
+/// A broken connection is reported by tonic as UNKNOWN or UNAVAILABLE: the
+/// agent may have acted before it broke.
+fn broken_hint(status: &tonic::Status) -> &'static str {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Unavailable => {
+            " (the connection broke: the order may have been applied; \
+             check `stockade isolations` or `stockade orders`)"
+        }
+        _ => "",
+    }
 }
 
 impl From<tonic::Status> for Error {

@@ -191,7 +191,7 @@ async fn measure(work: &Workspace, runs: usize) -> Result<String> {
 
 fn order_to_enforced(isolation: &v1::Isolation) -> Result<Duration> {
     let at = |t: &Option<prost_types::Timestamp>| -> Result<SystemTime> {
-        let t = t.clone().context("missing timestamp")?;
+        let t = (*t).context("missing timestamp")?;
         Ok(SystemTime::try_from(t)?)
     };
     Ok(at(&isolation.enforced_at)?.duration_since(at(&isolation.received_at)?)?)

@@ -912,7 +912,11 @@ fn guard_restart_with(w: &World, pins: &Path) -> Result<()> {
 
 /// An API server on loopback that answers one request with a deleted pod,
 /// and hands back the request line and body it got.
-fn api_server() -> Result<(u16, std::thread::JoinHandle<Result<(String, String)>>)> {
+/// The mock API server's port, and the thread that returns the request
+/// line and body it received.
+type ApiServer = (u16, std::thread::JoinHandle<Result<(String, String)>>);
+
+fn api_server() -> Result<ApiServer> {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
