@@ -756,8 +756,10 @@ fn refusals() -> Result<()> {
         timeout_ms: 0,
     };
     let frozen = refused(inside.rpc(|mut c| async move { c.freeze(req).await }));
+    // Another pod, so that the only refusal left is the missing guard.
+    let other = FakePod::new()?;
     let req = v1::ContainRequest {
-        pod: by_uid(&uid),
+        pod: by_uid(&other.uid),
         reason: "x".into(),
     };
     let guarded = refused(inside.rpc(|mut c| async move { c.contain(req).await }));
