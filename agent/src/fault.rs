@@ -1,5 +1,5 @@
 //! Crash points for the restart tests: `STOCKADE_FAULT=isolate:after_begin`
-//! aborts the agent there, as a SIGKILL or an OOM kill would stop it.
+//! kills the agent there with SIGKILL, as a crash or an OOM kill would stop it.
 //!
 //! Read only in debug builds; a release build never aborts here, whatever
 //! its environment says.
@@ -11,10 +11,13 @@
 /// The environment variable naming the crash point.
 pub const ENV: &str = "STOCKADE_FAULT";
 
-/// Aborts the process if `STOCKADE_FAULT` names `point`.
+/// Kills the process with SIGKILL if `STOCKADE_FAULT` names `point`: no
+/// destructor, no flush, no handler runs, as in a real kill.
 pub fn point(point: &str) {
     if cfg!(debug_assertions) && armed(point) {
-        eprintln!("{ENV}={point}: aborting here on purpose");
+        eprintln!("{ENV}={point}: killing myself with SIGKILL here on purpose");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        // SIGKILL cannot be caught; should the call itself fail, stop anyway.
         std::process::abort();
     }
 }
