@@ -91,6 +91,10 @@ const CASES: &[(&str, Case)] = &[
         "agent_restart_keeps_isolation",
         agent_restart_keeps_isolation,
     ),
+    (
+        "a_short_ttl_expires_on_a_real_pod",
+        a_short_ttl_expires_on_a_real_pod,
+    ),
 ];
 
 // ---------------------------------------------------------------------------
@@ -1363,4 +1367,38 @@ fn check_adopted(env: &Env, pod: &Pod<'_>) -> Result<()> {
     let pods = env.pods()?;
     ensure!(check_listed(&pods, pod)?.isolated, "not listed as isolated");
     Ok(())
+}
+
+/// An isolation with a 2 s TTL is lifted by the agent itself, with no
+/// coordinator, and its order reads back as expired.
+fn a_short_ttl_expires_on_a_real_pod(env: &Env) -> Result<()> {
+    let spec = PodSpec::new("rt-ttl", "brief").container("app", SLEEP);
+    let pod = Pod::run(env.cd, spec)?;
+    expect_connects(&pod, "app", PORT_A)?;
+
+    let mut order = isolate_order(by_uid(pod.uid()));
+    order.ttl_seconds = 2;
+    order.order_id = format!("ttl-{}", pod.uid());
+    let isolation = env.isolate(order.clone())?;
+    ensure!(
+        isolation.expires_at.is_some(),
+        "no expiry in the reply: {isolation:?}"
+    );
+    expect_refused(env, &pod, "app", PORT_A)?;
+
+    let lifted = eventually(Duration::from_secs(5), || {
+        Ok(ours_per_hook(&pod)?.iter().all(|(_, ours)| ours.is_empty()))
+    })?;
+    ensure!(
+        lifted,
+        "the isolation was still attached 5 s after its 2 s TTL"
+    );
+    let id = order.order_id.clone();
+    let got = env.rpc(|mut c| async move { c.get_order(v1::GetOrderRequest { id }).await });
+    let state = got.map_err(|s| anyhow!("GetOrder: {s}"))?.state();
+    ensure!(
+        state == v1::OrderState::Expired,
+        "the order reads back as {state:?}"
+    );
+    expect_connects(&pod, "app", PORT_A)
 }

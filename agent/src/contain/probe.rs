@@ -65,16 +65,29 @@ fn file_missing(cgroups: Option<&Cgroup2>, own: &str, file: &str, linux: &str) -
     let Some(cgroups) = cgroups else {
         return Some("no cgroup2 hierarchy is mounted".into());
     };
-    let Some(dir) = probe_dir(cgroups.root(), own) else {
-        return Some(format!("no cgroup below the root to look for {file} in"));
+    let found = match probe_dir(cgroups.root(), own) {
+        Some(dir) => Ok(dir.join(file).exists()),
+        None => in_scratch_cgroup(cgroups.root(), file),
     };
-    if dir.join(file).exists() {
-        return None;
+    match found {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "cgroups here have no {file} (Linux {linux} adds it)"
+        )),
+        Err(e) => Some(format!(
+            "no cgroup below the root to look for {file} in, and none could be made: {e}"
+        )),
     }
-    Some(format!(
-        "{} has no {file} (Linux {linux} adds it)",
-        dir.display()
-    ))
+}
+
+/// An agent alone in the root of a fresh hierarchy has no child cgroup to
+/// look in: make a scratch one, look, and remove it.
+fn in_scratch_cgroup(root: &Path, file: &str) -> std::io::Result<bool> {
+    let scratch = root.join(format!("stockade-probe-{}", std::process::id()));
+    std::fs::create_dir(&scratch)?;
+    let found = scratch.join(file).exists();
+    std::fs::remove_dir(&scratch)?;
+    Ok(found)
 }
 
 fn probe_dir(root: &Path, own: &str) -> Option<PathBuf> {
@@ -110,6 +123,19 @@ mod tests {
         let tree = FakeTree::new();
         tree.write("/some.slice/cgroup.kill", "");
         assert_eq!(cgroup_kill_missing(Some(&tree.cgroup2()), "/"), None);
+    }
+
+    #[test]
+    fn an_agent_alone_in_the_root_probes_a_scratch_cgroup_and_removes_it() {
+        let tree = FakeTree::new();
+        let cg = tree.cgroup2();
+
+        // A plain folder gets no control files, unlike a real cgroup.
+        let why = cgroup_kill_missing(Some(&cg), "/").unwrap();
+
+        assert!(why.contains("no cgroup.kill"), "{why}");
+        let left = std::fs::read_dir(cg.root()).unwrap().count();
+        assert_eq!(left, 0, "the scratch cgroup was not removed");
     }
 
     #[test]
