@@ -25,8 +25,8 @@ use crate::{
     fault,
     features::{self, Feature},
     ledger::{
-        action, fingerprint, Clock, Failure, Ledger, LedgerError, NewOrder, OrderRecord,
-        OrderState, SystemClock,
+        action, fingerprint, Clock, Failure, InFlight, InFlightGuard, Ledger, LedgerError,
+        NewOrder, OrderRecord, OrderState, SystemClock,
     },
     orders::{self, Orders},
     validate::{self, AllowEntry, FieldError, IsolateOrder, Mode, PodTarget},
@@ -150,6 +150,10 @@ pub struct Agent {
     containment: Containment,
     started_at: SystemTime,
     orders: Orders,
+    /// One containment order at a time per pod cgroup (`cgroup:<id>`), so
+    /// that a freeze and a thaw sent together are carried out one after
+    /// the other and each reply says what the kernel did for it.
+    pod_turns: InFlight,
 }
 
 impl Agent {
@@ -196,6 +200,7 @@ impl Agent {
             containment,
             started_at: SystemTime::now(),
             orders,
+            pod_turns: InFlight::new(),
         };
         agent.refresh_node_addrs();
         agent.reconcile();
@@ -230,6 +235,15 @@ impl Agent {
     pub(crate) fn own_cgroup(&self) -> String {
         let live = self.cgroups.as_ref().and_then(|c| c.own_cgroup().ok());
         live.unwrap_or_else(|| self.own_cgroup.clone())
+    }
+
+    pub(crate) fn order_book(&self) -> &Orders {
+        &self.orders
+    }
+
+    /// Waits for the turn of the pod whose cgroup is `cgroup_id`.
+    pub(crate) async fn pod_turn(&self, cgroup_id: u64) -> InFlightGuard {
+        self.pod_turns.acquire(&format!("cgroup:{cgroup_id}")).await
     }
 
     pub(crate) fn cri(&self) -> Option<&CriClient> {
@@ -547,6 +561,18 @@ impl Agent {
             .await;
         if let Err(e) = marked {
             warn!(cgroup.id = cgroup_id, error = %e, "released, but the ledger still says enforced");
+        }
+    }
+
+    /// Marks the in-force freeze orders of `cgroup_id` released, once a
+    /// thaw was verified.
+    pub(crate) async fn mark_thawed(&self, cgroup_id: u64) {
+        let marked = self
+            .orders
+            .blocking(move |l| mark_ended(l, action::FREEZE, cgroup_id, OrderState::Released))
+            .await;
+        if let Err(e) = marked {
+            warn!(cgroup.id = cgroup_id, error = %e, "thawed, but the ledger still says frozen");
         }
     }
 
@@ -893,6 +919,10 @@ impl Agent {
     /// Keeps an enforced isolation in force after a restart: re-attaches
     /// what is missing, or lifts it when its pod is gone.
     fn restore(&self, cgroups: &Cgroup2, pods: &[PodCgroup], rec: &OrderRecord) {
+        let gone = !pods.iter().any(|p| p.cgroup_id == rec.cgroup_id);
+        if rec.action == action::FREEZE && rec.state == OrderState::Enforced && gone {
+            return self.end_frozen_gone(rec);
+        }
         let restorable = rec.action == action::ISOLATE && rec.state == OrderState::Enforced;
         if !restorable || self.lock_records().contains_key(&rec.cgroup_id) {
             return;
@@ -908,6 +938,23 @@ impl Agent {
             // while the kernel refuses; only the log says so until the
             // next restart tries again.
             Err(e) => warn!(error = %e, "cannot re-attach an isolation the ledger holds"),
+        }
+    }
+
+    /// Closes a freeze whose pod is gone. A freeze of a pod still there
+    /// needs nothing: the kernel keeps `cgroup.freeze` across our restart.
+    ///
+    /// Known shortcoming: a pod thawed by someone else (a write to its
+    /// `cgroup.freeze`) while the agent was down stays `enforced` in the
+    /// ledger; `cgroup.events` is not read back here.
+    fn end_frozen_gone(&self, rec: &OrderRecord) {
+        let why = Failure {
+            code: tonic::Code::NotFound as i32,
+            message: "the pod is gone, and its freeze with it".into(),
+        };
+        match self.orders.ledger().end(&rec.id, OrderState::Released, why) {
+            Ok(_) => info!(order.id = %rec.id, "pod of a freeze is gone: released"),
+            Err(e) => warn!(error = %error_chain(&e), "cannot record a gone pod"),
         }
     }
 
@@ -1118,7 +1165,7 @@ fn new_record(
 }
 
 /// A ledger entry for an order; the pod is filled in once resolved.
-fn new_order(
+pub(crate) fn new_order(
     id: &str,
     action: &str,
     fingerprint: [u8; 32],
@@ -1139,14 +1186,24 @@ fn new_order(
 
 /// The fingerprint of a request whose order id was cleared, so that the
 /// same order sent twice under one id has one fingerprint.
-fn content_fingerprint(action: &str, cleared: impl Message) -> [u8; 32] {
+pub(crate) fn content_fingerprint(action: &str, cleared: impl Message) -> [u8; 32] {
     fingerprint(action, &cleared.encode_to_vec())
 }
 
 /// Marks the in-force isolation orders of `cgroup_id` as `state`.
 fn mark_lifted(ledger: &Ledger, cgroup_id: u64, state: OrderState) -> Result<(), LedgerError> {
+    mark_ended(ledger, action::ISOLATE, cgroup_id, state)
+}
+
+/// Marks the in-force orders of `what` on `cgroup_id` as `state`.
+fn mark_ended(
+    ledger: &Ledger,
+    what: &str,
+    cgroup_id: u64,
+    state: OrderState,
+) -> Result<(), LedgerError> {
     let lifted = ledger.in_force()?.into_iter().filter(|r| {
-        r.action == action::ISOLATE && r.cgroup_id == cgroup_id && r.state == OrderState::Enforced
+        r.action == what && r.cgroup_id == cgroup_id && r.state == OrderState::Enforced
     });
     for rec in lifted {
         ledger.set_state(&rec.id, state)?;

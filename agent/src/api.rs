@@ -6,10 +6,25 @@ use stockade_proto::v1::{self, stockade_server::Stockade};
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    access::{gate::Effect, gate::Order, Caller, Gate},
+    access::{
+        gate::{Effect, Guarded, Order},
+        Caller, Gate,
+    },
     agent::{Agent, AgentError},
     contain::order,
+    orders, validate,
 };
+
+/// Gives an order sent without an id one made up here, so that the audit
+/// line, the ledger and the reply all carry the same id. A malformed id
+/// is refused, naming the field, before anything else.
+fn fill_order_id(id: &mut String) -> Result<(), Status> {
+    validate::order_id(id, "order_id").map_err(|e| status(e.into()))?;
+    if id.is_empty() {
+        *id = orders::new_id();
+    }
+    Ok(())
+}
 
 /// The `stockade.v1.Stockade` service over an [`Agent`].
 #[derive(Clone)]
@@ -25,24 +40,19 @@ impl Service {
         Self { agent, gate }
     }
 
-    /// Runs a containment order through the guards and the audit log.
-    /// These orders have no dry run.
+    /// Runs a containment order through the guards and the audit log; a
+    /// dry run is answered with `planned`, built from the pod it names.
     async fn guarded<T>(
         &self,
         caller: &Caller,
-        action: &'static str,
-        effect: Effect,
-        pod: Option<&v1::PodSelector>,
+        order: Order<'_>,
         act: impl std::future::Future<Output = Result<T, AgentError>>,
+        planned: impl FnOnce(v1::Pod) -> T,
     ) -> Result<T, Status> {
-        let order = Order {
-            action,
-            effect,
-            pod,
-            dry_run: false,
-        };
-        let reply = self.gate.guarded(&*self.agent, caller, order, act).await?;
-        reply.ok_or_else(|| Status::internal(format!("{action} has no dry run")))
+        match self.gate.guarded(&*self.agent, caller, order, act).await? {
+            Guarded::Done(reply) => Ok(reply),
+            Guarded::DryRun(pod) => Ok(planned(pod)),
+        }
     }
 
     /// The same service with the daemon's guards and audit log.
@@ -94,7 +104,9 @@ impl Stockade for Service {
         req: Request<v1::IsolateRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
         let caller = Caller::of(&req);
-        let reply = self.gate.isolate(&*self.agent, &caller, req.get_ref());
+        let mut r = req.into_inner();
+        fill_order_id(&mut r.order_id)?;
+        let reply = self.gate.isolate(&*self.agent, &caller, &r);
         Ok(Response::new(reply.await?))
     }
 
@@ -103,7 +115,9 @@ impl Stockade for Service {
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let caller = Caller::of(&req);
-        let reply = self.gate.release(&*self.agent, &caller, req.get_ref());
+        let mut r = req.into_inner();
+        fill_order_id(&mut r.order_id)?;
+        let reply = self.gate.release(&*self.agent, &caller, &r);
         Ok(Response::new(reply.await?))
     }
 
@@ -119,12 +133,27 @@ impl Stockade for Service {
         &self,
         req: Request<v1::FreezeRequest>,
     ) -> Result<Response<v1::FreezeResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::freeze(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.freeze(r);
-        let reply = self.guarded(&caller, "freeze", Effect::Contain, r.pod.as_ref(), act);
+        order::freeze(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "freeze",
+            effect: Effect::Contain,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::FreezeResponse {
+            pod: Some(pod),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.freeze(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -132,12 +161,27 @@ impl Stockade for Service {
         &self,
         req: Request<v1::ThawRequest>,
     ) -> Result<Response<v1::ThawResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::thaw(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.thaw(r);
-        let reply = self.guarded(&caller, "thaw", Effect::Lift, r.pod.as_ref(), act);
+        order::thaw(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "thaw",
+            effect: Effect::Lift,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::ThawResponse {
+            pod: Some(pod),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.thaw(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -145,12 +189,27 @@ impl Stockade for Service {
         &self,
         req: Request<v1::KillRequest>,
     ) -> Result<Response<v1::KillResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::kill(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.kill(r);
-        let reply = self.guarded(&caller, "kill", Effect::Contain, r.pod.as_ref(), act);
+        order::kill(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "kill",
+            effect: Effect::Contain,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::KillResponse {
+            pod: Some(pod),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.kill(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -158,12 +217,30 @@ impl Stockade for Service {
         &self,
         req: Request<v1::TerminateRequest>,
     ) -> Result<Response<v1::TerminateResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::terminate(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.terminate(r);
-        let reply = self.guarded(&caller, "terminate", Effect::Contain, r.pod.as_ref(), act);
+        order::terminate(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "terminate",
+            effect: Effect::Contain,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::TerminateResponse {
+            kill: Some(v1::KillResponse {
+                pod: Some(pod),
+                ..Default::default()
+            }),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.terminate(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -171,12 +248,27 @@ impl Stockade for Service {
         &self,
         req: Request<v1::ContainRequest>,
     ) -> Result<Response<v1::ContainResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::contain(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.contain(r);
-        let reply = self.guarded(&caller, "contain", Effect::Contain, r.pod.as_ref(), act);
+        order::contain(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "contain",
+            effect: Effect::Contain,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::ContainResponse {
+            pod: Some(pod),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.contain(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -184,12 +276,27 @@ impl Stockade for Service {
         &self,
         req: Request<v1::UncontainRequest>,
     ) -> Result<Response<v1::UncontainResponse>, Status> {
-        let (caller, r) = (Caller::of(&req), req.get_ref());
+        let caller = Caller::of(&req);
+        let mut r = req.into_inner();
         // Malformed input is refused, naming the field, before the guards
         // look the pod up.
-        order::uncontain(r).map_err(|e| status(e.into()))?;
-        let act = self.agent.uncontain(r);
-        let reply = self.guarded(&caller, "uncontain", Effect::Lift, r.pod.as_ref(), act);
+        order::uncontain(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: "uncontain",
+            effect: Effect::Lift,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+        };
+        let order_id = r.order_id.clone();
+        let planned = |pod| v1::UncontainResponse {
+            pod: Some(pod),
+            order_id,
+            dry_run: true,
+            ..Default::default()
+        };
+        let reply = self.guarded(&caller, order, self.agent.uncontain(&r), planned);
         Ok(Response::new(reply.await?))
     }
 
@@ -221,10 +328,14 @@ impl Stockade for Service {
             effect: Effect::Lift,
             pod: req.get_ref().pod.as_ref(),
             dry_run: false,
+            order_id: &req.get_ref().order_id,
         };
         let act = self.agent.extend(req.get_ref());
         let reply = self.gate.guarded(&*self.agent, &caller, order, act).await?;
-        Ok(Response::new(reply.unwrap_or_default()))
+        match reply {
+            Guarded::Done(reply) => Ok(Response::new(reply)),
+            Guarded::DryRun(_) => Err(Status::internal("extend has no dry run")),
+        }
     }
 }
 

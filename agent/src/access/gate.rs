@@ -84,6 +84,17 @@ pub struct Order<'a> {
     pub effect: Effect,
     pub pod: Option<&'a v1::PodSelector>,
     pub dry_run: bool,
+    /// As sent, or as the server made it up; written in the audit line.
+    pub order_id: &'a str,
+}
+
+/// What [`Gate::guarded`] did with an order that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Guarded<T> {
+    /// The agent acted: its reply.
+    Done(T),
+    /// A dry run: nothing was done; the pod it would act on.
+    DryRun(v1::Pod),
 }
 
 /// The guards and the audit log, shared by both servers.
@@ -121,14 +132,14 @@ impl Gate {
         req: &v1::IsolateRequest,
     ) -> Result<v1::IsolateResponse, Status> {
         let result = self.try_isolate(node, caller, req).await;
-        let target = req.pod.as_ref();
-        self.audit_order(
-            caller,
-            "isolate",
-            target,
-            req.dry_run,
-            result.as_ref().err(),
-        );
+        let order = Order {
+            action: "isolate",
+            effect: Effect::Contain,
+            pod: req.pod.as_ref(),
+            dry_run: req.dry_run,
+            order_id: &req.order_id,
+        };
+        self.audit_order(caller, &order, result.as_ref().err());
         result
     }
 
@@ -141,32 +152,32 @@ impl Gate {
         req: &v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
         let result = self.try_release(node, caller, req).await;
-        let target = req.pod.as_ref();
-        self.audit_order(
-            caller,
-            "release",
-            target,
-            req.dry_run,
-            result.as_ref().err(),
-        );
+        let order = Order {
+            action: "release",
+            effect: Effect::Lift,
+            pod: req.pod.as_ref(),
+            dry_run: req.dry_run,
+            order_id: &req.order_id,
+        };
+        self.audit_order(caller, &order, result.as_ref().err());
         result
     }
 
     /// Checks, carries out and audits an order this gate has no method of
     /// its own for (freeze, kill, terminate, contain and their reverses):
     /// validates the pod selector, applies the guards of `effect` to the
-    /// pod, then awaits `act` unless it is a dry run. `Ok(None)` is a dry
-    /// run that passed every check; `act` is then never polled.
+    /// pod, then awaits `act` unless it is a dry run. A dry run that
+    /// passed every check, and that the kernel could carry out, answers
+    /// [`Guarded::DryRun`] with the pod; `act` is then never polled.
     pub async fn guarded<N: Node, T>(
         &self,
         node: &N,
         caller: &Caller,
         order: Order<'_>,
         act: impl Future<Output = Result<T, AgentError>>,
-    ) -> Result<Option<T>, Status> {
+    ) -> Result<Guarded<T>, Status> {
         let result = self.try_guarded(node, caller, &order, act).await;
-        let error = result.as_ref().err();
-        self.audit_order(caller, order.action, order.pod, order.dry_run, error);
+        self.audit_order(caller, &order, result.as_ref().err());
         result
     }
 
@@ -176,11 +187,12 @@ impl Gate {
         caller: &Caller,
         order: &Order<'_>,
         act: impl Future<Output = Result<T, AgentError>>,
-    ) -> Result<Option<T>, Status> {
+    ) -> Result<Guarded<T>, Status> {
         let target = validate::pod_selector(order.pod, "pod").map_err(invalid)?;
         let pods = node.pods().await.map_err(api::status)?;
         let gone = v1::Pod::default();
-        let pod = match (find(&pods, &target), order.effect) {
+        let found = find(&pods, &target);
+        let pod = match (found, order.effect) {
             (Some(pod), _) => pod,
             // Lifting needs no pod: the agent says whether it is gone.
             (None, Effect::Lift) => &gone,
@@ -188,25 +200,28 @@ impl Gate {
         };
         let input = guard_input(order.effect, caller, order.dry_run, pod, &pods);
         self.guards.check(&input).map_err(|r| r.status())?;
-        if order.dry_run {
-            return Ok(None);
+        if !order.dry_run {
+            return act.await.map(Guarded::Done).map_err(api::status);
         }
-        act.await.map(Some).map_err(api::status)
+        if let Some(missing) = node.missing_for(order.action) {
+            return Err(Status::failed_precondition(missing));
+        }
+        match found {
+            Some(pod) => Ok(Guarded::DryRun(pod.clone())),
+            None => Err(not_on_node(node, &target)),
+        }
     }
 
     /// Writes the audit line of an order.
-    pub fn audit_order(
-        &self,
-        caller: &Caller,
-        action: &str,
-        target: Option<&v1::PodSelector>,
-        dry_run: bool,
-        error: Option<&Status>,
-    ) {
-        let mut entry =
-            Entry::new(caller.name(), action).with_target(target.and_then(selector_text));
+    pub fn audit_order(&self, caller: &Caller, order: &Order<'_>, error: Option<&Status>) {
+        let target = order.pod.and_then(selector_text);
+        let mut entry = Entry::new(caller.name(), order.action).with_target(target);
         entry.peer = caller.peer();
-        self.audit.write(&entry.with_result(dry_run, error));
+        // Only an id that passed validation is written: bounded and plain.
+        entry.order_id = validate::order_id(order.order_id, "order_id")
+            .ok()
+            .flatten();
+        self.audit.write(&entry.with_result(order.dry_run, error));
     }
 
     async fn try_isolate<N: Node>(

@@ -23,6 +23,24 @@ use super::{
 
 type Client = StockadeClient<Channel>;
 
+/// What every containment order carries besides its pod.
+#[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// Resolve, validate and check the guards; change nothing.
+    #[arg(long, env = "STOCKADE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// This order's id, so that a retry is acted on once; the agent makes
+    /// one up when it is not given.
+    #[arg(
+        long,
+        env = "STOCKADE_ORDER_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub order_id: String,
+}
+
 /// An order that needs a reason: freeze, terminate, contain.
 #[derive(Debug, Args)]
 pub struct OrderArgs {
@@ -37,6 +55,9 @@ pub struct OrderArgs {
     /// (the agent's default is 5s); keep it under --timeout.
     #[arg(long, env = "STOCKADE_WAIT", value_parser = parse_timeout)]
     pub wait: Option<Duration>,
+
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 /// An order that undoes another: thaw, uncontain.
@@ -57,6 +78,9 @@ pub struct UndoArgs {
     /// How long the agent waits for the kernel to confirm (default 5s).
     #[arg(long, env = "STOCKADE_WAIT", value_parser = parse_timeout)]
     pub wait: Option<Duration>,
+
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -82,8 +106,13 @@ pub async fn freeze(
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
         timeout_ms: wait_ms(args.wait),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
     };
     let reply = client.freeze(request).await?.into_inner();
+    if reply.dry_run {
+        return Ok(dry_run_report("freeze", reply.pod.as_ref(), output));
+    }
     let (received, verified) = (reply.received_at, reply.verified_at);
     Ok(Report::plain(settled(
         "froze",
@@ -99,8 +128,13 @@ pub async fn thaw(client: &mut Client, args: &UndoArgs, output: Output) -> Resul
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
         timeout_ms: wait_ms(args.wait),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
     };
     let reply = client.thaw(request).await?.into_inner();
+    if reply.dry_run {
+        return Ok(dry_run_report("thaw", reply.pod.as_ref(), output));
+    }
     let (received, verified) = (reply.received_at, reply.verified_at);
     Ok(Report::plain(settled(
         "thawed",
@@ -117,8 +151,13 @@ pub async fn kill(client: &mut Client, args: &KillArgs, output: Output) -> Resul
         container: args.container.clone().unwrap_or_default(),
         reason: args.order.reason.clone(),
         timeout_ms: wait_ms(args.order.wait),
+        dry_run: args.order.meta.dry_run,
+        order_id: args.order.meta.order_id.clone(),
     };
     let reply = client.kill(request).await?.into_inner();
+    if reply.dry_run {
+        return Ok(dry_run_report("kill", reply.pod.as_ref(), output));
+    }
     let text = match output {
         Output::Table => killed_report(&reply),
         Output::Json => json::text(&kill_json(&reply)),
@@ -135,8 +174,14 @@ pub async fn terminate(
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
         timeout_ms: wait_ms(args.wait),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
     };
     let reply = client.terminate(request).await?.into_inner();
+    if reply.dry_run {
+        let pod = reply.kill.as_ref().and_then(|k| k.pod.as_ref());
+        return Ok(dry_run_report("terminate", pod, output));
+    }
     let kill = reply.kill.clone().unwrap_or_default();
     let outcome = delete_name(reply.delete);
     let text = match output {
@@ -170,8 +215,13 @@ pub async fn contain(
     let request = ContainRequest {
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
     };
     let reply = client.contain(request).await?.into_inner();
+    if reply.dry_run {
+        return Ok(dry_run_report("contain", reply.pod.as_ref(), output));
+    }
     let label = pod_label(reply.pod.as_ref());
     let text = match output {
         Output::Table => format!(
@@ -197,8 +247,13 @@ pub async fn uncontain(
     let request = UncontainRequest {
         pod: Some(args.pod.selector()),
         reason: args.reason.clone(),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
     };
     let reply = client.uncontain(request).await?.into_inner();
+    if reply.dry_run {
+        return Ok(dry_run_report("uncontain", reply.pod.as_ref(), output));
+    }
     let label = pod_label(reply.pod.as_ref());
     let text = match output {
         Output::Table => format!(
@@ -213,6 +268,24 @@ pub async fn uncontain(
         })),
     };
     Ok(Report::plain(text))
+}
+
+/// A dry run's answer: what the agent would do, said so that it is never
+/// read as done.
+fn dry_run_report(verb: &str, pod: Option<&Pod>, output: Output) -> Report {
+    let text = match output {
+        Output::Table => format!(
+            "DRY RUN: nothing was changed; the agent would {verb} {} (uid {})\n",
+            pod_label(pod),
+            pod.map(|p| p.uid.as_str()).unwrap_or("-"),
+        ),
+        Output::Json => json::text(&json!({
+            "dry_run": true,
+            "action": verb,
+            "pod": pod.map(json::pod),
+        })),
+    };
+    Report::plain(text)
 }
 
 /// A freeze or thaw: what `cgroup.events` said, and when.

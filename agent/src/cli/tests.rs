@@ -119,6 +119,7 @@ impl Stockade for FakeAgent {
             events: Some(events),
             received_at: at(0),
             verified_at: at(i32::try_from(request.get_ref().timeout_ms).unwrap() * 1000),
+            ..Default::default()
         }))
     }
 
@@ -151,6 +152,7 @@ impl Stockade for FakeAgent {
             delete: v1::DeleteOutcome::NotConfigured as i32,
             delete_detail: "no Kubernetes API server is configured".into(),
             deleted_at: None,
+            ..Default::default()
         }))
     }
 

@@ -161,6 +161,11 @@ impl Guard {
     }
 
     /// The containment of cgroup `id`, as the kernel holds it.
+    /// The kernel hook that kills the pod's new programs.
+    pub fn hook(&self) -> &'static str {
+        CONTAIN_HOOK
+    }
+
     pub fn contained(&self, id: u64) -> Result<Option<StkContainment>> {
         let map = self.map_ref()?;
         match map.get(&id, 0) {

@@ -128,6 +128,7 @@ mod tests {
             container: container.into(),
             reason: reason.into(),
             timeout_ms,
+            ..Default::default()
         }
     }
 
@@ -161,7 +162,7 @@ mod tests {
         let req = v1::FreezeRequest {
             pod: None,
             reason: "r".into(),
-            timeout_ms: 0,
+            ..Default::default()
         };
         assert_eq!(freeze(&req).unwrap_err().field, "pod");
     }
@@ -175,7 +176,7 @@ mod tests {
         assert!(thaw(&thaw_req).is_ok());
         let un = v1::UncontainRequest {
             pod: by_name(),
-            reason: String::new(),
+            ..Default::default()
         };
         assert!(uncontain(&un).is_ok());
         let freeze_req = v1::FreezeRequest {

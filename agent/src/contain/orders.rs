@@ -1,20 +1,21 @@
 //! The containment orders on the agent's order path: validate, resolve,
 //! refuse what is not exactly one pod, act, verify, reply.
 //!
-//! Known shortcomings: these orders are not recorded in the order ledger
-//! (no order ids, no replay of a repeated order), do not pass the access
-//! gate's guards, dry runs and audit log, and take no per-pod lock, so a
-//! freeze and a thaw sent together for one pod race and the kernel keeps
-//! whichever write came last.
+//! Each order is acted on once per order id, like an isolation: the ledger
+//! records it before the agent acts and its outcome after, and the same id
+//! sent again gets the first answer. Orders for one pod take turns (see
+//! `Agent::pod_turn`), so a freeze and a thaw sent together cannot
+//! interleave their writes and waits. The guards, dry runs and the audit
+//! line are the gate's (`access::gate`), before these run.
 
 use std::time::{Instant, SystemTime};
 
+use prost::Message;
 use stockade_proto::v1;
 use tracing::{info, info_span, Instrument};
 
 use super::{
     freeze,
-    guard::CONTAIN_HOOK,
     kill::{self, Killed},
     kube::Deleted,
     order::{self, ContainerRef, PodOrder},
@@ -23,12 +24,38 @@ use super::{
     ContainError,
 };
 use crate::{
-    agent::{error_chain, pod_to_proto, Agent, AgentError},
+    agent::{content_fingerprint, error_chain, new_order, pod_to_proto, Agent, AgentError},
     cgroup::{self, Cgroup2, PodCgroup},
     cri::CriPod,
     features,
+    ledger::action,
+    orders,
     validate::PodTarget,
 };
+
+/// What [`Agent::once`] needs to know of an order.
+struct Once<'a> {
+    action: &'static str,
+    id: &'a str,
+    target: &'a PodTarget,
+    received_at: SystemTime,
+}
+
+impl<'a> Once<'a> {
+    fn new(
+        action: &'static str,
+        id: &'a str,
+        target: &'a PodTarget,
+        received_at: SystemTime,
+    ) -> Self {
+        Self {
+            action,
+            id,
+            target,
+            received_at,
+        }
+    }
+}
 
 /// The pod an order acts on, resolved and checked.
 struct Resolved {
@@ -46,54 +73,87 @@ struct KillScope {
 impl Agent {
     /// Freezes a pod and answers once `cgroup.events` says `frozen 1`.
     pub async fn freeze(&self, req: &v1::FreezeRequest) -> Result<v1::FreezeResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::freeze(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::FREEZE)?;
-        let target = self.resolve_checked(&order.target).await?;
-
-        let span =
-            info_span!("freeze", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id);
-        let settled = self
-            .freeze_or_thaw(&target, &order, true)
-            .instrument(span)
-            .await?;
-        Ok(v1::FreezeResponse {
-            pod: Some(self.pod_proto(&target)),
-            events: Some(reply::events(&settled.events)),
-            received_at: Some(received_at.into()),
-            verified_at: Some(settled.verified_at.into()),
+        let cleared = v1::FreezeRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
+        };
+        let once = Once::new(action::FREEZE, &id, &order.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let span = info_span!("freeze", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id, order.id = %id);
+            let settled = self
+                .freeze_or_thaw(&target, &order, true)
+                .instrument(span)
+                .await?;
+            Ok(v1::FreezeResponse {
+                pod: Some(self.pod_proto(&target)),
+                events: Some(reply::events(&settled.events)),
+                received_at: Some(received_at.into()),
+                verified_at: Some(settled.verified_at.into()),
+                order_id: id.clone(),
+                dry_run: false,
+            })
         })
+        .await
     }
 
-    /// Thaws a pod and answers once `cgroup.events` says `frozen 0`.
+    /// Thaws a pod and answers once `cgroup.events` says `frozen 0`; the
+    /// pod's freeze orders are then marked released in the ledger.
     pub async fn thaw(&self, req: &v1::ThawRequest) -> Result<v1::ThawResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::thaw(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::THAW)?;
-        let target = self.resolve_checked(&order.target).await?;
-
-        let span = info_span!("thaw", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id);
-        let settled = self
-            .freeze_or_thaw(&target, &order, false)
-            .instrument(span)
-            .await?;
-        Ok(v1::ThawResponse {
-            pod: Some(self.pod_proto(&target)),
-            events: Some(reply::events(&settled.events)),
-            received_at: Some(received_at.into()),
-            verified_at: Some(settled.verified_at.into()),
+        let cleared = v1::ThawRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
+        };
+        let once = Once::new(action::THAW, &id, &order.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let span = info_span!("thaw", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id, order.id = %id);
+            let settled = self
+                .freeze_or_thaw(&target, &order, false)
+                .instrument(span)
+                .await?;
+            self.mark_thawed(target.pod.cgroup_id).await;
+            Ok(v1::ThawResponse {
+                pod: Some(self.pod_proto(&target)),
+                events: Some(reply::events(&settled.events)),
+                received_at: Some(received_at.into()),
+                verified_at: Some(settled.verified_at.into()),
+                order_id: id.clone(),
+                dry_run: false,
+            })
         })
+        .await
     }
 
     /// Kills a pod or one of its containers.
     pub async fn kill(&self, req: &v1::KillRequest) -> Result<v1::KillResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::kill(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::KILL)?;
-        let target = self.resolve_checked(&order.pod.target).await?;
-        let scope = self.kill_scope(&target, order.container.as_ref())?;
-        self.kill_scoped(&target, scope, &order.pod, received_at)
-            .await
+        let cleared = v1::KillRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
+        };
+        let once = Once::new(action::KILL, &id, &order.pod.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let scope = self.kill_scope(&target, order.container.as_ref())?;
+            let mut killed = self
+                .kill_scoped(&target, scope, &order.pod, received_at)
+                .await?;
+            killed.order_id = id.clone();
+            Ok(killed)
+        })
+        .await
     }
 
     /// Kills a pod, then deletes it through the API server.
@@ -101,30 +161,42 @@ impl Agent {
         &self,
         req: &v1::TerminateRequest,
     ) -> Result<v1::TerminateResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::terminate(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::TERMINATE)?;
-        let target = self.resolve_checked(&order.target).await?;
-        let scope = self.kill_scope(&target, None)?;
-        let killed = self
-            .kill_scoped(&target, scope, &order, received_at)
-            .await?;
+        let cleared = v1::TerminateRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
+        };
+        let once = Once::new(action::TERMINATE, &id, &order.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let scope = self.kill_scope(&target, None)?;
+            let mut killed = self
+                .kill_scoped(&target, scope, &order, received_at)
+                .await?;
+            killed.order_id = id.clone();
 
-        let span = info_span!("delete", pod.uid = %target.pod.uid);
-        let deleted = self
-            .delete_pod(&target, &order.target)
-            .instrument(span)
-            .await;
-        let deleted_at = matches!(deleted, Deleted::Accepted | Deleted::AlreadyGone)
-            .then(|| SystemTime::now().into());
-        let (outcome, detail) = reply::deleted(&deleted);
-        info!(pod.uid = %target.pod.uid, delete = ?outcome, detail = %detail, "pod terminated");
-        Ok(v1::TerminateResponse {
-            kill: Some(killed),
-            delete: outcome as i32,
-            delete_detail: detail,
-            deleted_at,
+            let span = info_span!("delete", pod.uid = %target.pod.uid, order.id = %id);
+            let deleted = self
+                .delete_pod(&target, &order.target)
+                .instrument(span)
+                .await;
+            let deleted_at = matches!(deleted, Deleted::Accepted | Deleted::AlreadyGone)
+                .then(|| SystemTime::now().into());
+            let (outcome, detail) = reply::deleted(&deleted);
+            info!(pod.uid = %target.pod.uid, delete = ?outcome, detail = %detail, "pod terminated");
+            Ok(v1::TerminateResponse {
+                kill: Some(killed),
+                delete: outcome as i32,
+                delete_detail: detail,
+                deleted_at,
+                order_id: id.clone(),
+                dry_run: false,
+            })
         })
+        .await
     }
 
     /// Starts killing whatever the pod execs from now on.
@@ -132,35 +204,46 @@ impl Agent {
         &self,
         req: &v1::ContainRequest,
     ) -> Result<v1::ContainResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::contain(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::CONTAIN)?;
-        let target = self.resolve_checked(&order.target).await?;
-
-        let id = target.pod.cgroup_id;
-        let mut guard = self.guard_or_missing()?;
-        if guard.contained(id).map_err(guard_error)?.is_some() {
-            return Err(AgentError::AlreadyIsolated(format!(
-                "pod {} is already contained; uncontain it first",
-                target.pod.uid
-            )));
-        }
-        guard.contain(id).map_err(guard_error)?;
-        let verified = guard.contained(id).map_err(guard_error)?.is_some();
-        drop(guard);
-        if !verified {
-            return Err(AgentError::NotVerified(format!(
-                "pod {} is not in the containment map after contain",
-                target.pod.uid
-            )));
-        }
-        info!(pod.uid = %target.pod.uid, cgroup.id = id, reason = %order.reason, "pod contained");
-        Ok(v1::ContainResponse {
-            pod: Some(self.pod_proto(&target)),
-            hook: CONTAIN_HOOK.into(),
-            received_at: Some(received_at.into()),
-            verified_at: Some(SystemTime::now().into()),
+        let cleared = v1::ContainRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
+        };
+        let once = Once::new(action::CONTAIN, &id, &order.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let id_cg = target.pod.cgroup_id;
+            let mut guard = self.guard_or_missing()?;
+            if guard.contained(id_cg).map_err(guard_error)?.is_some() {
+                return Err(AgentError::AlreadyIsolated(format!(
+                    "pod {} is already contained; uncontain it first",
+                    target.pod.uid
+                )));
+            }
+            guard.contain(id_cg).map_err(guard_error)?;
+            let verified = guard.contained(id_cg).map_err(guard_error)?.is_some();
+            let hook = guard.hook();
+            drop(guard);
+            if !verified {
+                return Err(AgentError::NotVerified(format!(
+                    "pod {} is not in the containment map after contain",
+                    target.pod.uid
+                )));
+            }
+            info!(pod.uid = %target.pod.uid, cgroup.id = id_cg, order.id = %id, reason = %order.reason, "pod contained");
+            Ok(v1::ContainResponse {
+                pod: Some(self.pod_proto(&target)),
+                hook: hook.into(),
+                received_at: Some(received_at.into()),
+                verified_at: Some(SystemTime::now().into()),
+                order_id: id.clone(),
+                dry_run: false,
+            })
         })
+        .await
     }
 
     /// Stops killing what the pod execs.
@@ -168,35 +251,80 @@ impl Agent {
         &self,
         req: &v1::UncontainRequest,
     ) -> Result<v1::UncontainResponse, AgentError> {
-        let received_at = SystemTime::now();
+        let received_at = self.order_book().now();
         let order = order::uncontain(req)?;
+        let id = orders::order_id(&req.order_id, "order_id")?;
         self.require_feature(features::UNCONTAIN)?;
-        let target = self.resolve_checked(&order.target).await?;
-
-        let id = target.pod.cgroup_id;
-        let mut guard = self.guard_or_missing()?;
-        let Some(state) = guard.contained(id).map_err(guard_error)? else {
-            return Err(AgentError::NotFound(format!(
-                "pod {} is not contained",
-                target.pod.uid
-            )));
+        let cleared = v1::UncontainRequest {
+            order_id: String::new(),
+            dry_run: false,
+            ..req.clone()
         };
-        guard.uncontain(id).map_err(guard_error)?;
-        let still = guard.contained(id).map_err(guard_error)?.is_some();
-        drop(guard);
-        if still {
-            return Err(AgentError::NotVerified(format!(
-                "pod {} is still in the containment map after uncontain",
-                target.pod.uid
-            )));
-        }
-        info!(pod.uid = %target.pod.uid, execs_killed = state.execs_killed, "pod uncontained");
-        Ok(v1::UncontainResponse {
-            pod: Some(self.pod_proto(&target)),
-            execs_killed: state.execs_killed,
-            received_at: Some(received_at.into()),
-            verified_at: Some(SystemTime::now().into()),
+        let once = Once::new(action::UNCONTAIN, &id, &order.target, received_at);
+        self.once(once, req, cleared, async |target: Resolved| {
+            let id_cg = target.pod.cgroup_id;
+            let mut guard = self.guard_or_missing()?;
+            let Some(state) = guard.contained(id_cg).map_err(guard_error)? else {
+                return Err(AgentError::NotFound(format!(
+                    "pod {} is not contained",
+                    target.pod.uid
+                )));
+            };
+            guard.uncontain(id_cg).map_err(guard_error)?;
+            let still = guard.contained(id_cg).map_err(guard_error)?.is_some();
+            drop(guard);
+            if still {
+                return Err(AgentError::NotVerified(format!(
+                    "pod {} is still in the containment map after uncontain",
+                    target.pod.uid
+                )));
+            }
+            info!(pod.uid = %target.pod.uid, order.id = %id, execs_killed = state.execs_killed, "pod uncontained");
+            Ok(v1::UncontainResponse {
+                pod: Some(self.pod_proto(&target)),
+                execs_killed: state.execs_killed,
+                received_at: Some(received_at.into()),
+                verified_at: Some(SystemTime::now().into()),
+                order_id: id.clone(),
+                dry_run: false,
+            })
         })
+        .await
+    }
+
+    /// The steps every containment order shares, around its own `act`:
+    /// the order id's turn, the first answer if the id is known, the
+    /// ledger's begin, the pod's turn, `act`, the ledger's finish.
+    async fn once<R: Message, T: Message + Default>(
+        &self,
+        once: Once<'_>,
+        req: &R,
+        cleared: R,
+        act: impl AsyncFnOnce(Resolved) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        let book = self.order_book();
+        let _turn = book.turn(once.id).await;
+        let fp = content_fingerprint(once.action, cleared);
+        if let Some(first) = book.known(once.id, once.action, fp).await? {
+            return first;
+        }
+        let resolved = self.resolve_checked(once.target).await;
+        let mut new = new_order(
+            once.id,
+            once.action,
+            fp,
+            req.encode_to_vec(),
+            once.received_at,
+        );
+        if let Ok(target) = &resolved {
+            (new.pod_uid, new.cgroup_id) = (target.pod.uid.to_string(), target.pod.cgroup_id);
+        }
+        let run = async {
+            let target = resolved?;
+            let _pod = self.pod_turn(target.pod.cgroup_id).await;
+            act(target).await
+        };
+        book.run(new, run).await
     }
 
     fn require_feature(&self, order: &str) -> Result<(), AgentError> {

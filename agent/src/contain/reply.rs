@@ -64,6 +64,8 @@ pub fn kill(facts: KillFacts<'_>) -> v1::KillResponse {
         received_at: Some(facts.received_at.into()),
         verified_at: Some(facts.killed.verified_at.into()),
         runtime: facts.runtime.iter().map(runtime_stop).collect(),
+        order_id: String::new(),
+        dry_run: false,
     }
 }
 

@@ -16,6 +16,9 @@ pub mod action {
     pub const FREEZE: &str = "freeze";
     pub const THAW: &str = "thaw";
     pub const KILL: &str = "kill";
+    pub const TERMINATE: &str = "terminate";
+    pub const CONTAIN: &str = "contain";
+    pub const UNCONTAIN: &str = "uncontain";
 
     /// Actions whose effect lasts after the order is answered, and so must
     /// be reconciled after a restart and may expire. The others act once.

@@ -388,7 +388,7 @@ async fn a_pod_not_on_the_node_is_not_found() {
 
 #[tokio::test]
 async fn other_orders_pass_the_same_guards_and_are_audited() {
-    use crate::access::gate::{Effect, Order};
+    use crate::access::gate::{Effect, Guarded, Order};
 
     let setup = gate(GuardConfig::default());
     let node = FakeNode::three_pods();
@@ -399,6 +399,7 @@ async fn other_orders_pass_the_same_guards_and_are_audited() {
         effect: Effect::Contain,
         pod,
         dry_run,
+        order_id: "inc-7:kill",
     };
     let acted = AtomicUsize::new(0);
     let act = || async {
@@ -420,8 +421,11 @@ async fn other_orders_pass_the_same_guards_and_are_audited() {
         .await;
 
     assert_eq!(protected.unwrap_err().code(), Code::FailedPrecondition);
-    assert_eq!(dry.unwrap(), None);
-    assert_eq!(done.unwrap(), Some("killed"));
+    let Guarded::DryRun(planned) = dry.unwrap() else {
+        panic!("a dry run must not act");
+    };
+    assert_eq!(planned.uid, WEB);
+    assert_eq!(done.unwrap(), Guarded::Done("killed"));
     assert_eq!(acted.load(Ordering::SeqCst), 1);
     let lines = setup.audit_lines();
     let results: Vec<_> = lines
@@ -430,4 +434,5 @@ async fn other_orders_pass_the_same_guards_and_are_audited() {
         .collect();
     assert_eq!(results, ["refused", "dry-run", "done"]);
     assert_eq!(lines[2]["action"], "kill");
+    assert_eq!(lines[2]["order_id"], "inc-7:kill");
 }
