@@ -308,6 +308,8 @@ impl AgentProc {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(self.log.with_file_name("agent-state"))
+            // Many orders a minute, from a test: the rate guard has tests of its own.
+            .args(["--max-orders-per-minute", "0"])
             .args(["--node-name", "runtime-test-node", "--log-format", "text"])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

@@ -71,13 +71,13 @@ pub struct AccessArgs {
     #[arg(long, env = "POD_UID")]
     pub pod_uid: Option<String>,
 
-    /// Mutating orders admitted from remote callers in any 60 s; 0 means
-    /// no limit.
+    /// Mutating orders admitted in any 60 s, from any caller; 0 means no
+    /// limit.
     #[arg(long, env = "STOCKADE_MAX_ORDERS_PER_MINUTE", default_value_t = 60)]
     pub max_orders_per_minute: u32,
 
-    /// Share of the node's pods remote callers may have contained at once,
-    /// in percent; one pod always may be. 100 means no limit.
+    /// Share of the node's pods that may be contained at once, in
+    /// percent; one pod always may be. 100 means no limit.
     #[arg(
         long,
         env = "STOCKADE_MAX_CONTAINED_PERCENT",
@@ -85,6 +85,11 @@ pub struct AccessArgs {
         value_parser = clap::value_parser!(u8).range(1..=100)
     )]
     pub max_contained_percent: u8,
+
+    /// Orders from the node-local Unix socket (root) are not subject to
+    /// the two limits above.
+    #[arg(long, env = "STOCKADE_LIMITS_EXEMPT_LOCAL")]
+    pub limits_exempt_local: bool,
 }
 
 /// What the mutual-TLS listener is given.
@@ -130,6 +135,7 @@ impl AccessArgs {
             own_cgroup,
             max_orders_per_minute: self.max_orders_per_minute,
             max_contained_percent: self.max_contained_percent,
+            exempt_local: self.limits_exempt_local,
         }
     }
 

@@ -6,13 +6,14 @@
 //!   never contained;
 //! - the agent's own pod, and any cgroup that contains the agent, neither;
 //! - at most `max_orders_per_minute` mutating orders are admitted in any
-//!   60 seconds (remote callers);
+//!   60 seconds;
 //! - at most `max_contained_percent` of the node's pods are contained at
-//!   once (remote callers), though one pod always may be.
+//!   once, though one pod always may be.
 //!
-//! The two limits leave local root (the Unix socket) alone: they exist to
-//! bound a runaway or stolen coordinator, and root on the node could stop
-//! the agent anyway.
+//! The two limits bind local root (the Unix socket) too, by default: a
+//! script looping on the node's CLI is as able to take the node down as a
+//! runaway coordinator. `exempt_local` lifts them for the Unix socket on
+//! nodes whose operators want that; root could stop the agent anyway.
 
 use std::{
     collections::VecDeque,
@@ -42,6 +43,8 @@ pub struct GuardConfig {
     /// Share of the node's pods contained at once, 1-100; 100 turns the
     /// limit off.
     pub max_contained_percent: u8,
+    /// The two limits do not apply to orders from the Unix socket.
+    pub exempt_local: bool,
 }
 
 impl Default for GuardConfig {
@@ -52,6 +55,7 @@ impl Default for GuardConfig {
             own_cgroup: String::new(),
             max_orders_per_minute: 60,
             max_contained_percent: 50,
+            exempt_local: false,
         }
     }
 }
@@ -69,7 +73,8 @@ pub enum Effect {
 #[derive(Clone, Debug)]
 pub struct GuardInput<'a> {
     pub effect: Effect,
-    /// Sent over the root-only Unix socket: the limits do not apply.
+    /// Sent over the root-only Unix socket: the limits apply only if
+    /// `exempt_local` is off.
     pub local: bool,
     /// A dry run is checked like an order but not counted.
     pub dry_run: bool,
@@ -150,7 +155,7 @@ impl Guards {
         if order.effect == Effect::Contain {
             self.check_target(order)?;
         }
-        if order.local {
+        if order.local && self.config.exempt_local {
             return Ok(());
         }
         if order.effect == Effect::Contain {
@@ -442,18 +447,36 @@ mod tests {
     }
 
     #[test]
-    fn local_root_is_not_limited_by_rate_or_share() {
-        let guards = guards(GuardConfig {
+    fn local_root_is_limited_unless_exempted() {
+        let local = GuardInput {
+            local: true,
+            ..order()
+        };
+        let limited = guards(GuardConfig {
             max_orders_per_minute: 1,
             ..GuardConfig::default()
         });
-        let local = GuardInput {
-            local: true,
+        assert_eq!(limited.check(&local), Ok(()));
+        assert!(matches!(
+            limited.check(&local),
+            Err(GuardRefusal::RateLimited { limit: 1, .. })
+        ));
+        let crowded = GuardInput {
             contained: 9,
-            ..order()
+            ..local.clone()
         };
+        assert!(matches!(
+            limited.check(&crowded),
+            Err(GuardRefusal::TooManyContained { .. })
+        ));
+
+        let exempt = guards(GuardConfig {
+            max_orders_per_minute: 1,
+            exempt_local: true,
+            ..GuardConfig::default()
+        });
         for _ in 0..3 {
-            assert_eq!(guards.check(&local), Ok(()));
+            assert_eq!(exempt.check(&crowded), Ok(()));
         }
     }
 

@@ -189,6 +189,8 @@ fn spawn(bin: &Path, spec: &AgentSpec, work: &Path, pin_dir: &Path) -> Result<Ch
         // Each agent its own ledger: two agents cannot share one.
         .arg("--state-dir")
         .arg(work.join("state"))
+        // Many orders a minute, from a test: the rate guard has tests of its own.
+        .args(["--max-orders-per-minute", "0"])
         .args(["--node-name", "containment-test", "--log-format", "text"])
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
@@ -204,7 +206,7 @@ fn spawn(bin: &Path, spec: &AgentSpec, work: &Path, pin_dir: &Path) -> Result<Ch
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-async fn connect(socket: &Path) -> Result<StockadeClient<Channel>> {
+pub async fn connect(socket: &Path) -> Result<StockadeClient<Channel>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if socket.exists() {

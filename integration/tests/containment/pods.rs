@@ -62,6 +62,18 @@ pub const CASES: &[crate::PodCase] = &[
         "pod_terminate_kills_then_deletes_through_the_api",
         terminate,
     ),
+    (
+        "pod_containment_dry_runs_change_nothing",
+        containment_dry_runs,
+    ),
+    (
+        "pod_containment_orders_act_once_per_order_id",
+        containment_once_per_id,
+    ),
+    (
+        "pod_concurrent_freeze_and_thaw_take_turns",
+        freeze_thaw_turns,
+    ),
 ];
 
 /// Starts one containerd and the main agent (pointed at its CRI socket,
@@ -106,6 +118,7 @@ fn kill_req(pod: Option<PodSelector>, container: &str) -> v1::KillRequest {
         container: container.into(),
         reason: "containment test".into(),
         timeout_ms: 5000,
+        ..Default::default()
     }
 }
 
@@ -406,6 +419,7 @@ fn freeze_thaw_kill(w: &World) -> Result<()> {
         pod: by_name(&pod),
         reason: "forensics".into(),
         timeout_ms: 5000,
+        ..Default::default()
     };
 
     let reply = w
@@ -488,6 +502,7 @@ fn compose_with_isolation(w: &World) -> Result<()> {
         pod: by_name(&pod),
         reason: "isolated and frozen".into(),
         timeout_ms: 0,
+        ..Default::default()
     };
     let frozen = w
         .agent
@@ -525,6 +540,7 @@ fn exec_guard(w: &World) -> Result<()> {
     let contain = v1::ContainRequest {
         pod: by_name(&contained),
         reason: "containment test".into(),
+        ..Default::default()
     };
     let reply = w
         .agent
@@ -560,6 +576,7 @@ fn exec_guard(w: &World) -> Result<()> {
     let uncontain = v1::UncontainRequest {
         pod: by_name(&contained),
         reason: String::new(),
+        ..Default::default()
     };
     let reply = w
         .agent
@@ -709,6 +726,7 @@ fn not_found(w: &World) -> Result<()> {
     let un = v1::UncontainRequest {
         pod: by_name(&pod),
         reason: String::new(),
+        ..Default::default()
     };
     let got = refused(a.rpc(|mut c| async move { c.uncontain(un).await }))?;
     expect(
@@ -720,6 +738,7 @@ fn not_found(w: &World) -> Result<()> {
     let contain = || v1::ContainRequest {
         pod: by_name(&pod),
         reason: "twice".into(),
+        ..Default::default()
     };
     a.rpc(|mut c| async move { c.contain(contain()).await })
         .map_err(|s| anyhow!("contain: {s}"))?;
@@ -727,6 +746,7 @@ fn not_found(w: &World) -> Result<()> {
     let un = v1::UncontainRequest {
         pod: by_name(&pod),
         reason: String::new(),
+        ..Default::default()
     };
     a.rpc(|mut c| async move { c.uncontain(un).await })
         .map_err(|s| anyhow!("uncontain: {s}"))?;
@@ -754,6 +774,7 @@ fn refusals() -> Result<()> {
         pod: by_uid(&uid),
         reason: "x".into(),
         timeout_ms: 0,
+        ..Default::default()
     };
     let frozen = refused(inside.rpc(|mut c| async move { c.freeze(req).await }));
     // Another pod, so that the only refusal left is the missing guard.
@@ -761,6 +782,7 @@ fn refusals() -> Result<()> {
     let req = v1::ContainRequest {
         pod: by_uid(&other.uid),
         reason: "x".into(),
+        ..Default::default()
     };
     let guarded = refused(inside.rpc(|mut c| async move { c.contain(req).await }));
     drop(inside);
@@ -797,6 +819,7 @@ fn deadlines(w: &World) -> Result<()> {
             pod: by_name(&pod),
             reason: "hurry".into(),
             timeout_ms: 1,
+            ..Default::default()
         };
         match w.agent.rpc(|mut c| async move { c.freeze(req).await }) {
             Ok(reply) => ensure!(reply.events.is_some_and(|e| e.frozen), "{reply:?}"),
@@ -873,6 +896,7 @@ fn guard_restart_with(w: &World, pins: &Path) -> Result<()> {
     let req = v1::ContainRequest {
         pod: by_uid(&uid),
         reason: "restart test".into(),
+        ..Default::default()
     };
     first
         .rpc(|mut c| async move { c.contain(req).await })
@@ -894,6 +918,7 @@ fn guard_restart_with(w: &World, pins: &Path) -> Result<()> {
     let req = v1::UncontainRequest {
         pod: by_uid(&uid),
         reason: String::new(),
+        ..Default::default()
     };
     let reply = second
         .rpc(|mut c| async move { c.uncontain(req).await })
@@ -964,6 +989,7 @@ fn terminate(w: &World) -> Result<()> {
         pod: by_name(pod),
         reason: "containment test".into(),
         timeout_ms: 0,
+        ..Default::default()
     };
     let pod = sleeper_pod(&w.cd, "orphaned")?;
     let request = req(&pod);
@@ -1020,4 +1046,277 @@ fn kubeconfig(port: u16) -> String {
          http://127.0.0.1:{port}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    \
          user: nobody\ncurrent-context: mock\nusers:\n- name: nobody\n  user: {{}}\n"
     )
+}
+
+// ---------------------------------------------------------------------------
+// Order ids, dry runs and per-pod turns
+
+fn frozen_now(dir: &Path) -> Result<bool> {
+    let events = fs::read_to_string(dir.join("cgroup.events"))?;
+    Ok(events.lines().any(|l| l == "frozen 1"))
+}
+
+fn get_order(agent: &Agent, id: &str) -> Result<v1::Order, tonic::Status> {
+    let req = v1::GetOrderRequest { id: id.to_owned() };
+    agent.rpc(|mut c| async move { c.get_order(req).await })
+}
+
+/// Every containment order sent as a dry run answers with the pod and
+/// `dry_run`, and leaves the kernel and the ledger as they were.
+fn containment_dry_runs(w: &World) -> Result<()> {
+    let pod = sleeper_pod(&w.cd, "dry")?;
+    let pid = pod.container_pid("app")?;
+    let dir = pod.cgroup_dir()?;
+    let a = &w.agent;
+    let id = |what: &str| format!("dry-{what}-{}", std::process::id());
+
+    let req = v1::FreezeRequest {
+        pod: by_name(&pod),
+        reason: "dry".into(),
+        dry_run: true,
+        order_id: id("freeze"),
+        ..Default::default()
+    };
+    let reply = a
+        .rpc(|mut c| async move { c.freeze(req).await })
+        .map_err(|s| anyhow!("dry freeze: {s}"))?;
+    ensure!(reply.dry_run, "a dry freeze did not say dry_run");
+    ensure!(reply.verified_at.is_none(), "a dry freeze says verified");
+    ensure!(reply.pod.is_some_and(|p| p.uid == pod.uid()), "wrong pod");
+    ensure!(!frozen_now(&dir)?, "a dry freeze froze the pod");
+
+    let req = v1::KillRequest {
+        dry_run: true,
+        order_id: id("kill"),
+        ..kill_req(by_name(&pod), "")
+    };
+    let reply = kill(a, req).map_err(|s| anyhow!("dry kill: {s}"))?;
+    ensure!(reply.dry_run && reply.verified_at.is_none(), "{reply:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(sys::pid_alive(pid), "a dry kill killed the pod");
+
+    let req = v1::TerminateRequest {
+        pod: by_name(&pod),
+        reason: "dry".into(),
+        dry_run: true,
+        order_id: id("terminate"),
+        ..Default::default()
+    };
+    let reply = a
+        .rpc(|mut c| async move { c.terminate(req).await })
+        .map_err(|s| anyhow!("dry terminate: {s}"))?;
+    ensure!(reply.dry_run, "{reply:?}");
+    ensure!(sys::pid_alive(pid), "a dry terminate killed the pod");
+
+    let req = v1::ContainRequest {
+        pod: by_name(&pod),
+        reason: "dry".into(),
+        dry_run: true,
+        order_id: id("contain"),
+    };
+    let reply = a
+        .rpc(|mut c| async move { c.contain(req).await })
+        .map_err(|s| anyhow!("dry contain: {s}"))?;
+    ensure!(reply.dry_run, "{reply:?}");
+    // Not contained: uncontain has nothing to lift.
+    let req = v1::UncontainRequest {
+        pod: by_name(&pod),
+        ..Default::default()
+    };
+    let got = refused(a.rpc(|mut c| async move { c.uncontain(req).await }))?;
+    expect(
+        "uncontain after a dry contain",
+        got,
+        Code::NotFound,
+        "not contained",
+    )?;
+
+    // A dry run of a pod that is not on the node is refused like an order.
+    let req = v1::FreezeRequest {
+        pod: by_uid("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"),
+        reason: "dry".into(),
+        dry_run: true,
+        ..Default::default()
+    };
+    let got = refused(a.rpc(|mut c| async move { c.freeze(req).await }))?;
+    expect(
+        "dry freeze of a pod elsewhere",
+        got,
+        Code::NotFound,
+        "not on node",
+    )?;
+
+    for what in ["freeze", "kill", "terminate", "contain"] {
+        let got = refused(get_order(a, &id(what)))?;
+        ensure!(
+            got.0 == Code::NotFound,
+            "the dry {what} is in the ledger: {got:?}"
+        );
+    }
+    ensure!(sys::pid_alive(pid) && !frozen_now(&dir)?, "the pod changed");
+    Ok(())
+}
+
+/// A freeze, a thaw and a kill sent twice with one id are acted on once
+/// and answered the same; the same id with other content is refused; the
+/// ledger follows the pod's state.
+fn containment_once_per_id(w: &World) -> Result<()> {
+    let pod = sleeper_pod(&w.cd, "once")?;
+    let dir = pod.cgroup_dir()?;
+    let a = &w.agent;
+    let tag = std::process::id();
+    let freeze_id = format!("once-freeze-{tag}");
+    let freeze = |reason: &str| v1::FreezeRequest {
+        pod: by_name(&pod),
+        reason: reason.into(),
+        timeout_ms: 5000,
+        order_id: freeze_id.clone(),
+        ..Default::default()
+    };
+
+    let req = freeze("incident 7");
+    let first = a
+        .rpc(|mut c| async move { c.freeze(req).await })
+        .map_err(|s| anyhow!("freeze: {s}"))?;
+    ensure!(first.order_id == freeze_id, "reply id {:?}", first.order_id);
+    ensure!(frozen_now(&dir)?, "not frozen");
+    let order = get_order(a, &freeze_id).map_err(|s| anyhow!("get order: {s}"))?;
+    ensure!(order.action == "freeze", "{order:?}");
+    ensure!(order.state == v1::OrderState::Enforced as i32, "{order:?}");
+    ensure!(order.pod_uid == pod.uid(), "{order:?}");
+
+    // Thawed behind the agent's back: a replay must not freeze it again.
+    fs::write(dir.join("cgroup.freeze"), "0")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while frozen_now(&dir)? {
+        ensure!(Instant::now() < deadline, "the manual thaw did not settle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let req = freeze("incident 7");
+    let again = a
+        .rpc(|mut c| async move { c.freeze(req).await })
+        .map_err(|s| anyhow!("repeated freeze: {s}"))?;
+    ensure!(again == first, "a repeated id got another answer");
+    ensure!(!frozen_now(&dir)?, "a repeated id froze the pod again");
+
+    let req = freeze("another reason");
+    let got = refused(a.rpc(|mut c| async move { c.freeze(req).await }))?;
+    expect(
+        "same id, other content",
+        got,
+        Code::AlreadyExists,
+        &freeze_id,
+    )?;
+
+    // Freeze again under a new id, then thaw: the freeze orders end.
+    let req = v1::FreezeRequest {
+        order_id: format!("once-freeze2-{tag}"),
+        ..freeze("incident 7")
+    };
+    a.rpc(|mut c| async move { c.freeze(req).await })
+        .map_err(|s| anyhow!("second freeze: {s}"))?;
+    let thaw = v1::ThawRequest {
+        pod: by_name(&pod),
+        order_id: format!("once-thaw-{tag}"),
+        ..Default::default()
+    };
+    a.rpc(|mut c| async move { c.thaw(thaw).await })
+        .map_err(|s| anyhow!("thaw: {s}"))?;
+    for id in [freeze_id.clone(), format!("once-freeze2-{tag}")] {
+        let order = get_order(a, &id).map_err(|s| anyhow!("get order: {s}"))?;
+        ensure!(
+            order.state == v1::OrderState::Released as i32,
+            "freeze {id} still {:?} after the thaw",
+            order.state
+        );
+    }
+
+    let kill_id = format!("once-kill-{tag}");
+    let req = v1::KillRequest {
+        order_id: kill_id.clone(),
+        ..kill_req(by_name(&pod), "")
+    };
+    let killed = kill(a, req.clone()).map_err(|s| anyhow!("kill: {s}"))?;
+    check_killed(&killed, &pod)?;
+    ensure!(killed.order_id == kill_id, "{:?}", killed.order_id);
+    // The pod is gone: a new kill would be NOT_FOUND; the replay is not.
+    let replay = kill(a, req).map_err(|s| anyhow!("repeated kill: {s}"))?;
+    ensure!(replay == killed, "the repeated kill got another answer");
+    let order = get_order(a, &kill_id).map_err(|s| anyhow!("get order: {s}"))?;
+    ensure!(order.action == "kill", "{order:?}");
+    println!("   freeze, thaw and kill acted on once per id; the replayed kill answered the same");
+    Ok(())
+}
+
+/// Freezes and thaws of one pod sent together: each is carried out in its
+/// turn, each reply is what the kernel said for it, and the pod ends in
+/// the state of the order answered last.
+fn freeze_thaw_turns(w: &World) -> Result<()> {
+    let pod = sleeper_pod(&w.cd, "turns")?;
+    let dir = pod.cgroup_dir()?;
+    let socket = w.agent.socket();
+    const ROUNDS: usize = 8;
+    for round in 1..=ROUNDS {
+        let mut threads = Vec::new();
+        for freeze in [true, false, true, false] {
+            let (socket, target) = (socket.clone(), by_name(&pod));
+            threads.push(std::thread::spawn(move || {
+                one_freeze_or_thaw(&socket, target, freeze)
+            }));
+        }
+        let mut answers = Vec::new();
+        for t in threads {
+            let answer = t.join().map_err(|_| anyhow!("a thread panicked"))?;
+            answers.push(answer.with_context(|| format!("round {round}"))?);
+        }
+        for (freeze, events, _) in &answers {
+            ensure!(
+                events.frozen == *freeze,
+                "round {round}: a {} answered frozen {}",
+                if *freeze { "freeze" } else { "thaw" },
+                events.frozen
+            );
+        }
+        let last = answers.iter().max_by_key(|a| a.2).context("no answer")?;
+        ensure!(
+            frozen_now(&dir)? == last.0,
+            "round {round}: the pod is not in the state of the last answer"
+        );
+    }
+    println!("   {ROUNDS} rounds of 2 freezes + 2 thaws at once: every answer matched the kernel");
+    Ok(())
+}
+
+/// One freeze or thaw on its own connection: (freeze?, events, verified).
+fn one_freeze_or_thaw(
+    socket: &Path,
+    pod: Option<PodSelector>,
+    freeze: bool,
+) -> Result<(bool, v1::CgroupEvents, SystemTime)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = super::agent::connect(socket).await?;
+        let (events, verified) = if freeze {
+            let req = v1::FreezeRequest {
+                pod,
+                reason: "turns".into(),
+                timeout_ms: 5000,
+                ..Default::default()
+            };
+            let r = client.freeze(req).await?.into_inner();
+            (r.events, r.verified_at)
+        } else {
+            let req = v1::ThawRequest {
+                pod,
+                timeout_ms: 5000,
+                ..Default::default()
+            };
+            let r = client.thaw(req).await?.into_inner();
+            (r.events, r.verified_at)
+        };
+        let verified = SystemTime::try_from(verified.context("no verified_at")?)?;
+        Ok((freeze, events.context("no events")?, verified))
+    })
 }

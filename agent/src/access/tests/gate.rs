@@ -296,7 +296,18 @@ async fn the_share_guard_counts_the_pods_already_isolated() {
         .gate
         .isolate(&node, &Caller::Local, &isolate(WEB, false))
         .await;
-    assert!(local.is_ok(), "local root is not share-limited: {local:?}");
+    let status = local.expect_err("local root is share-limited by default");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let exempt = gate(GuardConfig {
+        exempt_local: true,
+        ..GuardConfig::default()
+    });
+    let local = exempt
+        .gate
+        .isolate(&node, &Caller::Local, &isolate(WEB, false))
+        .await;
+    assert!(local.is_ok(), "exempted local root: {local:?}");
 }
 
 #[tokio::test]
