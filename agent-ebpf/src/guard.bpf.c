@@ -12,8 +12,11 @@
  * container of the pod, started before or after, is covered. A process
  * whose ancestors are not contained costs one map lookup per level.
  *
- * stk_guard_lsm is the same decision as an LSM hook (deny instead of
- * kill). The agent only probes whether the kernel loads it.
+ * stk_guard_lsm is the same decision one step earlier, where the kernel
+ * allows BPF-LSM: bprm_check_security refuses the exec with EPERM before
+ * the new image is mapped, and the process that tried is killed as the
+ * tracepoint would have. The agent attaches one of the two, the LSM
+ * program when the kernel takes it (see guard.rs).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -90,8 +93,12 @@ int stk_guard_lsm(unsigned long long *ctx)
 {
 	__u64 pod_id = 0;
 
-	if (!task_containment(&pod_id))
+	struct stk_containment *c = task_containment(&pod_id);
+
+	if (!c)
 		return 0;
+	bpf_send_signal(SIGKILL);
+	__sync_fetch_and_add(&c->execs_killed, 1);
 	report(pod_id);
 	return -EPERM;
 }

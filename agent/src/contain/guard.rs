@@ -1,11 +1,19 @@
-//! The exec guard: one tracepoint program for the whole node that kills
-//! any program a contained pod starts, and the map of contained pods.
+//! The exec guard: one program for the whole node that stops any program
+//! a contained pod starts, and the map of contained pods.
+//!
+//! Two hooks can carry it, chosen when the agent starts ([`pick`]):
+//! BPF-LSM (`lsm/bprm_check_security`), which refuses the exec before the
+//! new image is mapped and kills the process that tried, where the kernel
+//! lets a BPF-LSM program attach; else the tracepoint
+//! `sched/sched_process_exec`, which kills the process after execve
+//! replaced its image and before the new program runs an instruction.
 //!
 //! Pin layout, beside the isolation pins (see `enforce`):
 //!
 //! ```text
 //! v1/guard/maps/<map name>   stk_contained and stk_exec_events
-//! v1/guard/exec              the tracepoint link, attached once per node
+//! v1/guard/lsm               the BPF-LSM link, where the kernel allows it
+//! v1/guard/exec              the tracepoint link otherwise
 //! ```
 //!
 //! The link and the map are pinned, so a pod stays contained while the
@@ -39,8 +47,40 @@ use crate::{
     features::{Feature, CONTAIN, UNCONTAIN},
 };
 
-/// The hook the guard kills from, as named in replies.
+/// The tracepoint hook, as named in replies.
 pub const CONTAIN_HOOK: &str = "tracepoint/sched/sched_process_exec";
+
+/// The BPF-LSM hook, as named in replies.
+pub const LSM_HOOK: &str = "lsm/bprm_check_security";
+
+/// The kernel hook that carries the guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Refuses the exec (EPERM) and kills the caller: nothing of the new
+    /// program is loaded.
+    Lsm,
+    /// Kills the process at the end of execve, before the new program
+    /// runs.
+    Tracepoint,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lsm => LSM_HOOK,
+            Self::Tracepoint => CONTAIN_HOOK,
+        }
+    }
+}
+
+/// The hook to use, from what attaching the LSM program gave, and why
+/// BPF-LSM is missing when it is: BPF-LSM wherever it attached.
+pub fn pick(lsm: Result<(), String>) -> (Hook, Option<String>) {
+    match lsm {
+        Ok(()) => (Hook::Lsm, None),
+        Err(why) => (Hook::Tracepoint, Some(why)),
+    }
+}
 
 /// `BPF_NOEXIST`: create a map entry only if it does not exist.
 const BPF_NOEXIST: u64 = 1;
@@ -87,10 +127,11 @@ type Result<T, E = GuardError> = std::result::Result<T, E>;
 /// The loaded guard and its pinned map.
 pub struct Guard {
     ebpf: Ebpf,
+    hook: Hook,
 }
 
-/// Loads the guard, attaching it unless an earlier agent's link is pinned,
-/// and probes BPF-LSM. Returns the guard, if it loaded, and the two
+/// Loads the guard and attaches it, BPF-LSM first, unless an earlier
+/// agent's link is pinned. Returns the guard, if it loaded, and the two
 /// features (`exec_guard`, `bpf_lsm`) with the reasons of what is missing.
 pub fn start(pin_root: &Path) -> (Option<Guard>, Vec<Feature>) {
     let (guard, exec_missing, lsm_missing) = match Guard::load(pin_root) {
@@ -127,9 +168,12 @@ impl Guard {
                 source: Box::new(e),
             })?;
 
-        let lsm_missing = lsm_missing(&mut ebpf);
-        attach_once(&mut ebpf, &dir.join("exec"))?;
-        Ok((Self { ebpf }, lsm_missing))
+        let (hook, lsm_missing) = pick(attach_lsm_once(&mut ebpf, &dir.join("lsm")));
+        if hook == Hook::Tracepoint {
+            attach_once(&mut ebpf, &dir.join("exec"))?;
+        }
+        info!(hook = hook.name(), "exec guard attached");
+        Ok((Self { ebpf, hook }, lsm_missing))
     }
 
     /// Contains the pod whose cgroup id is `id`; an existing entry (and its
@@ -160,12 +204,12 @@ impl Guard {
         }
     }
 
-    /// The containment of cgroup `id`, as the kernel holds it.
-    /// The kernel hook that kills the pod's new programs.
+    /// The kernel hook that stops the pod's new programs.
     pub fn hook(&self) -> &'static str {
-        CONTAIN_HOOK
+        self.hook.name()
     }
 
+    /// The containment of cgroup `id`, as the kernel holds it.
     pub fn contained(&self, id: u64) -> Result<Option<StkContainment>> {
         let map = self.map_ref()?;
         match map.get(&id, 0) {
@@ -248,39 +292,53 @@ fn attach_once(ebpf: &mut Ebpf, pin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Why BPF-LSM cannot be used here, or `None`. The program is loaded, not
-/// attached: the tracepoint stays the guard either way.
+/// Attaches the BPF-LSM program and pins its link at `pin`, or adopts the
+/// link an earlier agent pinned there; the reason when the kernel does
+/// not allow it.
 ///
-/// Known shortcoming: where BPF-LSM loads, it is still not used; refusing
-/// the exec (instead of killing after it) needs attaching this program and
-/// a kernel test on a machine that allows BPF-LSM.
-fn lsm_missing(ebpf: &mut Ebpf) -> Option<String> {
+/// Known shortcoming: this machine's kernel refuses BPF-LSM programs
+/// (EPERM at load), so attaching, pinning and the exec refusal through
+/// this hook are verified only up to that refusal here; [`pick`] and the
+/// reason reported are unit-tested, and the tracepoint guard is what the
+/// kernel tests exercise.
+fn attach_lsm_once(ebpf: &mut Ebpf, pin: &Path) -> Result<(), String> {
     // The list is only readable where securityfs is mounted; without it,
     // loading the program is the only test.
     if let Ok(lsms) = fs::read_to_string("/sys/kernel/security/lsm") {
         if !lsms.split(',').any(|l| l.trim() == "bpf") {
-            return Some(format!(
+            return Err(format!(
                 "bpf is not in the active LSM list ({}); boot with lsm=...,bpf",
                 lsms.trim()
             ));
         }
     }
-    let btf = match Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(e) => return Some(format!("no kernel BTF: {e}")),
-    };
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
     let lsm: &mut Lsm = match ebpf.program_mut(guard::LSM).map(TryInto::try_into) {
         Some(Ok(lsm)) => lsm,
-        _ => return Some(format!("{} is missing from the guard object", guard::LSM)),
+        _ => return Err(format!("{} is missing from the guard object", guard::LSM)),
     };
-    match lsm.load("bprm_check_security", &btf) {
-        Ok(()) => None,
-        Err(e) => Some(format!(
-            "the kernel refused an lsm/bprm_check_security program: {}; the tracepoint \
-             guard is used",
+    lsm.load("bprm_check_security", &btf).map_err(|e| {
+        format!(
+            "the kernel refused an {LSM_HOOK} program: {}; the tracepoint guard is used",
             error_chain(&e)
-        )),
+        )
+    })?;
+    if PinnedLink::from_pin(pin).is_ok() {
+        info!(pin = %pin.display(), "adopted the exec guard's pinned BPF-LSM link");
+        return Ok(());
     }
+    let _ = fs::remove_file(pin);
+    let attach_failed = |e: &dyn std::error::Error| {
+        format!(
+            "the BPF-LSM program loaded but did not attach: {}; the tracepoint guard is used",
+            error_chain(e)
+        )
+    };
+    let link_id = lsm.attach().map_err(|e| attach_failed(&e))?;
+    let link = lsm.take_link(link_id).map_err(|e| attach_failed(&e))?;
+    let link = FdLink::from(link);
+    link.pin(pin).map_err(|e| attach_failed(&e))?;
+    Ok(())
 }
 
 fn map_error(op: &'static str, e: aya::maps::MapError) -> GuardError {
@@ -337,4 +395,33 @@ fn log_exec(event: &StkExecEvent) {
         process.comm = %comm,
         "killed a program started in a contained pod"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_lsm_is_used_wherever_it_attached() {
+        assert_eq!(pick(Ok(())), (Hook::Lsm, None));
+        let why = "the kernel refused an lsm/bprm_check_security program: EPERM".to_owned();
+        let (hook, missing) = pick(Err(why.clone()));
+        assert_eq!(hook, Hook::Tracepoint);
+        assert_eq!(missing, Some(why));
+    }
+
+    #[test]
+    fn each_hook_is_named_as_the_kernel_names_it() {
+        assert_eq!(Hook::Lsm.name(), "lsm/bprm_check_security");
+        assert_eq!(
+            Hook::Tracepoint.name(),
+            "tracepoint/sched/sched_process_exec"
+        );
+        // The section names in guard.bpf.c are the hooks' names.
+        let source = include_str!("../../../agent-ebpf/src/guard.bpf.c");
+        for hook in [Hook::Lsm, Hook::Tracepoint] {
+            let section = format!("SEC(\"{}\")", hook.name());
+            assert!(source.contains(&section), "no {section} in guard.bpf.c");
+        }
+    }
 }

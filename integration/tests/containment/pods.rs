@@ -546,10 +546,35 @@ fn exec_guard(w: &World) -> Result<()> {
         .agent
         .rpc(|mut c| async move { c.contain(contain).await })
         .map_err(|s| anyhow!("contain: {s}"))?;
+    // The hook is BPF-LSM exactly where the agent reports it available;
+    // where it is missing (here: the kernel refuses the load), the reason
+    // is said and the tracepoint carries the guard.
+    let info = w
+        .agent
+        .rpc(|mut c| async move { c.get_info(GetInfoRequest {}).await })
+        .map_err(|s| anyhow!("info: {s}"))?;
+    let lsm = info
+        .features
+        .iter()
+        .find(|f| f.name == "bpf_lsm")
+        .context("no bpf_lsm feature reported")?;
+    let wanted = match lsm.available {
+        true => "lsm/bprm_check_security",
+        false => "tracepoint/sched/sched_process_exec",
+    };
     ensure!(
-        reply.hook == "tracepoint/sched/sched_process_exec",
-        "{}",
+        reply.hook == wanted,
+        "hook {} with bpf_lsm {lsm:?}",
         reply.hook
+    );
+    ensure!(
+        lsm.available || !lsm.detail.is_empty(),
+        "bpf_lsm is missing without a reason"
+    );
+    println!(
+        "   exec guard hook: {} (bpf_lsm: {})",
+        reply.hook,
+        or_reason(lsm)
     );
 
     let argv = ["sh", "-c", "echo ran"];
@@ -1319,4 +1344,11 @@ fn one_freeze_or_thaw(
         let verified = SystemTime::try_from(verified.context("no verified_at")?)?;
         Ok((freeze, events.context("no events")?, verified))
     })
+}
+
+fn or_reason(f: &v1::KernelFeature) -> &str {
+    match f.available {
+        true => "available",
+        false => &f.detail,
+    }
 }
