@@ -1,6 +1,6 @@
 //! The gRPC edge: each agent error becomes a deliberate status code.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use stockade_proto::v1::{self, stockade_server::Stockade};
 use tonic::{Code, Request, Response, Status};
@@ -9,6 +9,7 @@ use crate::{
     access::{gate::Effect, gate::Order, Caller, Gate},
     agent::{Agent, AgentError},
     contain::order,
+    metrics::Enforced,
 };
 
 /// The `stockade.v1.Stockade` service over an [`Agent`].
@@ -25,9 +26,9 @@ impl Service {
         Self { agent, gate }
     }
 
-    /// Runs a containment order through the guards and the audit log.
-    /// These orders have no dry run.
-    async fn guarded<T>(
+    /// Runs a containment order through the guards, the audit log and the
+    /// metrics. These orders have no dry run.
+    async fn guarded<T: Enforced>(
         &self,
         caller: &Caller,
         action: &'static str,
@@ -41,8 +42,11 @@ impl Service {
             pod,
             dry_run: false,
         };
+        let since = SystemTime::now();
         let reply = self.gate.guarded(&*self.agent, caller, order, act).await?;
-        reply.ok_or_else(|| Status::internal(format!("{action} has no dry run")))
+        let reply = reply.ok_or_else(|| Status::internal(format!("{action} has no dry run")))?;
+        self.gate.metrics().enforced(action, since, &reply);
+        Ok(reply)
     }
 
     /// The same service with the daemon's guards and audit log.
@@ -93,18 +97,22 @@ impl Stockade for Service {
         &self,
         req: Request<v1::IsolateRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
-        let caller = Caller::of(&req);
+        let (caller, since) = (Caller::of(&req), SystemTime::now());
         let reply = self.gate.isolate(&*self.agent, &caller, req.get_ref());
-        Ok(Response::new(reply.await?))
+        let reply = reply.await?;
+        self.gate.metrics().enforced("isolate", since, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn release(
         &self,
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let caller = Caller::of(&req);
+        let (caller, since) = (Caller::of(&req), SystemTime::now());
         let reply = self.gate.release(&*self.agent, &caller, req.get_ref());
-        Ok(Response::new(reply.await?))
+        let reply = reply.await?;
+        self.gate.metrics().enforced("release", since, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn list_isolations(
