@@ -1,6 +1,6 @@
 //! The gRPC edge: each agent error becomes a deliberate status code.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use stockade_proto::v1::{self, stockade_server::Stockade};
 use tonic::{Code, Request, Response, Status};
@@ -12,6 +12,7 @@ use crate::{
     },
     agent::{Agent, AgentError},
     contain::order,
+    metrics::Enforced,
     orders, validate,
 };
 
@@ -40,17 +41,22 @@ impl Service {
         Self { agent, gate }
     }
 
-    /// Runs a containment order through the guards and the audit log; a
-    /// dry run is answered with `planned`, built from the pod it names.
-    async fn guarded<T>(
+    /// Runs a containment order through the guards, the audit log and the
+    /// metrics; a dry run is answered with `planned`, built from the pod it
+    /// names.
+    async fn guarded<T: Enforced>(
         &self,
         caller: &Caller,
         order: Order<'_>,
         act: impl std::future::Future<Output = Result<T, AgentError>>,
         planned: impl FnOnce(v1::Pod) -> T,
     ) -> Result<T, Status> {
+        let (action, since) = (order.action, SystemTime::now());
         match self.gate.guarded(&*self.agent, caller, order, act).await? {
-            Guarded::Done(reply) => Ok(reply),
+            Guarded::Done(reply) => {
+                self.gate.metrics().enforced(action, since, &reply);
+                Ok(reply)
+            }
             Guarded::DryRun(pod) => Ok(planned(pod)),
         }
     }
@@ -103,22 +109,24 @@ impl Stockade for Service {
         &self,
         req: Request<v1::IsolateRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
-        let caller = Caller::of(&req);
+        let (caller, since) = (Caller::of(&req), SystemTime::now());
         let mut r = req.into_inner();
         fill_order_id(&mut r.order_id)?;
-        let reply = self.gate.isolate(&*self.agent, &caller, &r);
-        Ok(Response::new(reply.await?))
+        let reply = self.gate.isolate(&*self.agent, &caller, &r).await?;
+        self.gate.metrics().enforced("isolate", since, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn release(
         &self,
         req: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let caller = Caller::of(&req);
+        let (caller, since) = (Caller::of(&req), SystemTime::now());
         let mut r = req.into_inner();
         fill_order_id(&mut r.order_id)?;
-        let reply = self.gate.release(&*self.agent, &caller, &r);
-        Ok(Response::new(reply.await?))
+        let reply = self.gate.release(&*self.agent, &caller, &r).await?;
+        self.gate.metrics().enforced("release", since, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn list_isolations(

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod features;
 pub mod health;
 pub mod ledger;
+pub mod metrics;
 pub mod orders;
 pub mod server;
 pub mod uds;

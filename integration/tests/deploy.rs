@@ -822,6 +822,28 @@ fn probes_ask_grpc_health_on_the_declared_health_port() -> TestResult {
     })
 }
 
+#[test]
+fn the_agent_listens_on_the_ports_the_pod_declares() -> TestResult {
+    for_every_variant(|_, r| {
+        let agent = r.agent()?;
+        for (flag_name, port_name) in [
+            ("--health-listen", "health"),
+            ("--metrics-listen", "metrics"),
+        ] {
+            let value = flag(r, flag_name)?.with_context(|| format!("no {flag_name}"))?;
+            let addr: std::net::SocketAddr = value
+                .parse()
+                .with_context(|| format!("{flag_name}={value}"))?;
+            let declared = declared_port(agent, port_name);
+            ensure!(
+                declared == Some(i32::from(addr.port())),
+                "{flag_name}={value}, but the {port_name} port is {declared:?}"
+            );
+        }
+        Ok(())
+    })
+}
+
 fn declared_port(agent: &Container, name: &str) -> Option<i32> {
     let mut ports = agent.ports.iter().flatten();
     ports

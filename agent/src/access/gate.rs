@@ -21,7 +21,9 @@ use super::{
 };
 use crate::{
     agent::{Agent, AgentError},
-    api, features, orders,
+    api, features,
+    metrics::OrderMetrics,
+    orders,
     validate::{self, FieldError, IsolateOrder, Mode, PodTarget},
 };
 
@@ -97,10 +99,12 @@ pub enum Guarded<T> {
     DryRun(v1::Pod),
 }
 
-/// The guards and the audit log, shared by both servers.
+/// The guards, the audit log and the order metrics, shared by both
+/// servers.
 pub struct Gate {
     guards: Guards,
     audit: Arc<AuditLog>,
+    metrics: OrderMetrics,
 }
 
 impl Default for Gate {
@@ -112,7 +116,12 @@ impl Default for Gate {
 
 impl Gate {
     pub fn new(guards: Guards, audit: Arc<AuditLog>) -> Self {
-        Self { guards, audit }
+        let metrics = OrderMetrics::default();
+        Self {
+            guards,
+            audit,
+            metrics,
+        }
     }
 
     pub fn guards(&self) -> &Guards {
@@ -121,6 +130,11 @@ impl Gate {
 
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
+    }
+
+    /// What the orders through this gate came to, for `/metrics`.
+    pub fn metrics(&self) -> &OrderMetrics {
+        &self.metrics
     }
 
     /// An `Isolate` order, checked, carried out (or only planned for a dry
@@ -189,7 +203,7 @@ impl Gate {
         act: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<Guarded<T>, Status> {
         let target = validate::pod_selector(order.pod, "pod").map_err(invalid)?;
-        let pods = node.pods().await.map_err(api::status)?;
+        let pods = node.pods().await.map_err(|e| self.failed(e))?;
         let gone = v1::Pod::default();
         let found = find(&pods, &target);
         let pod = match (found, order.effect) {
@@ -201,7 +215,7 @@ impl Gate {
         let input = guard_input(order.effect, caller, order.dry_run, pod, &pods);
         self.guards.check(&input).map_err(|r| r.status())?;
         if !order.dry_run {
-            return act.await.map(Guarded::Done).map_err(api::status);
+            return act.await.map(Guarded::Done).map_err(|e| self.failed(e));
         }
         if let Some(missing) = node.missing_for(order.action) {
             return Err(Status::failed_precondition(missing));
@@ -212,8 +226,9 @@ impl Gate {
         }
     }
 
-    /// Writes the audit line of an order.
+    /// Writes the audit line of an order and counts it.
     pub fn audit_order(&self, caller: &Caller, order: &Order<'_>, error: Option<&Status>) {
+        self.metrics.order(order.action, order.dry_run, error);
         let target = order.pod.and_then(selector_text);
         let mut entry = Entry::new(caller.name(), order.action).with_target(target);
         entry.peer = caller.peer();
@@ -224,6 +239,13 @@ impl Gate {
         self.audit.write(&entry.with_result(order.dry_run, error));
     }
 
+    /// The status of an order the node could not carry out, counted by
+    /// its kind.
+    fn failed(&self, err: AgentError) -> Status {
+        self.metrics.agent_error(&err);
+        api::status(err)
+    }
+
     async fn try_isolate<N: Node>(
         &self,
         node: &N,
@@ -232,13 +254,13 @@ impl Gate {
     ) -> Result<v1::IsolateResponse, Status> {
         let received_at = SystemTime::now();
         let order = validate::isolate(req).map_err(invalid)?;
-        let pods = node.pods().await.map_err(api::status)?;
+        let pods = node.pods().await.map_err(|e| self.failed(e))?;
         let pod = find(&pods, &order.target).ok_or_else(|| not_on_node(node, &order.target))?;
         let input = guard_input(Effect::Contain, caller, req.dry_run, pod, &pods);
         self.guards.check(&input).map_err(|r| r.status())?;
 
         if !req.dry_run {
-            let isolation = node.isolate(req).await.map_err(api::status)?;
+            let isolation = node.isolate(req).await.map_err(|e| self.failed(e))?;
             return Ok(v1::IsolateResponse {
                 isolation: Some(isolation),
                 dry_run: false,
@@ -285,7 +307,7 @@ impl Gate {
             return Err(invalid(err));
         }
         let base = orders::order_id(&req.order_id, "order_id").map_err(invalid)?;
-        let isolations = node.isolations().map_err(api::status)?;
+        let isolations = node.isolations().map_err(|e| self.failed(e))?;
         let mut reply = v1::ReleaseResponse {
             received_at: Some(SystemTime::now().into()),
             dry_run: req.dry_run,
@@ -309,7 +331,7 @@ impl Gate {
     ) -> Result<v1::ReleaseResponse, Status> {
         let received_at = SystemTime::now();
         let (target, _reason) = validate::release(req).map_err(invalid)?;
-        let pods = node.pods().await.map_err(api::status)?;
+        let pods = node.pods().await.map_err(|e| self.failed(e))?;
         // The pod may be gone while its isolation is still pinned.
         let pod = find(&pods, &target);
         let gone = v1::Pod::default();
@@ -323,13 +345,13 @@ impl Gate {
         self.guards.check(&input).map_err(|r| r.status())?;
 
         if !req.dry_run {
-            return node.release(req).await.map_err(api::status);
+            return node.release(req).await.map_err(|e| self.failed(e));
         }
         let isolated = match pod {
             Some(pod) => pod.isolated,
             None => node
                 .isolations()
-                .map_err(api::status)?
+                .map_err(|e| self.failed(e))?
                 .iter()
                 .any(|i| i.pod.as_ref().is_some_and(|p| matches(p, &target))),
         };

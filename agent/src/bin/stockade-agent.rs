@@ -10,7 +10,9 @@ use stockade_agent::{
     api::Service,
     contain::{guard, kill::KillMethod, kube::KubeSource, ContainSettings},
     cri::{self, CriClient},
-    events, health, ledger, server,
+    events, health, ledger,
+    metrics::{self, Metrics},
+    server,
 };
 use tracing::{error, info, warn};
 
@@ -47,6 +49,11 @@ struct Args {
     /// (for example 0.0.0.0:9091); none when unset.
     #[arg(long, env = "STOCKADE_HEALTH_LISTEN")]
     health_listen: Option<std::net::SocketAddr>,
+    /// Address of the Prometheus endpoint, `GET /metrics` in the
+    /// OpenMetrics text format, without TLS (for example 0.0.0.0:9090);
+    /// none when unset.
+    #[arg(long, env = "STOCKADE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, env = "STOCKADE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -152,6 +159,10 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    if let Some(addr) = args.metrics_listen {
+        let metrics = Arc::new(Metrics::new(gate.metrics(), agent.clone()));
+        tokio::spawn(serve_metrics(addr, metrics, stopping(stop_rx.clone())));
+    }
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(access::stockade_server(service))
@@ -171,6 +182,22 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     info!("stopped; isolations stay enforced by their pinned links");
     Ok(())
+}
+
+/// The metrics endpoint. A port it cannot take is logged, and the agent
+/// goes on: containment matters more than its metrics.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => return error!(%addr, error = %e, "cannot listen for metrics scrapes"),
+    };
+    if let Err(e) = metrics::serve(listener, metrics, stop).await {
+        error!(%addr, error = %e, "the metrics port failed");
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -200,6 +227,8 @@ fn banner(agent: &Agent, args: &Args) {
         cgroup2 = %info.cgroup2_mount,
         pins = %info.bpffs_dir,
         socket = %args.socket.display(),
+        health = ?args.health_listen,
+        metrics = ?args.metrics_listen,
         pod_names = %info.pod_metadata_source,
         features.missing = ?missing,
         "stockade-agent started"

@@ -447,3 +447,61 @@ async fn other_orders_pass_the_same_guards_and_are_audited() {
     assert_eq!(lines[2]["action"], "kill");
     assert_eq!(lines[2]["order_id"], "inc-7:kill");
 }
+
+#[tokio::test]
+async fn every_audited_order_is_counted_and_failures_by_kind() {
+    use crate::access::gate::{Effect, Order};
+
+    let setup = gate(GuardConfig::default());
+    let node = FakeNode::three_pods();
+    let caller = coordinator();
+    let kill = |pod| Order {
+        action: "kill",
+        effect: Effect::Contain,
+        pod,
+        dry_run: false,
+        order_id: "",
+    };
+    let failing = || async { Err::<(), _>(AgentError::Deadline("populated 1 after 5 s".into())) };
+
+    let _ = setup
+        .gate
+        .isolate(&node, &caller, &isolate(WEB, true))
+        .await;
+    let _ = setup
+        .gate
+        .isolate(&node, &caller, &isolate(WEB, false))
+        .await;
+    let _ = setup
+        .gate
+        .isolate(&node, &caller, &isolate(DNS, false))
+        .await;
+    let web = selector(WEB);
+    let _ = setup
+        .gate
+        .guarded(&node, &caller, kill(web.as_ref()), failing())
+        .await;
+
+    let text = setup.gate.metrics().text();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(r#"stockade_orders_total{action="isolate",result="dry_run"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"stockade_orders_total{action="isolate",result="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"stockade_orders_total{action="isolate",result="failed_precondition"} 1"#),
+        "{text}"
+    );
+    assert!(
+        has(r#"stockade_orders_total{action="kill",result="deadline_exceeded"} 1"#),
+        "{text}"
+    );
+    assert!(has(r#"stockade_errors_total{kind="deadline"} 1"#), "{text}");
+    // The guard's refusal of a protected pod is no error of the agent.
+    assert!(has(r#"stockade_errors_total{kind="kernel"} 0"#), "{text}");
+    assert_eq!(setup.audit_lines().len(), 4);
+}
