@@ -12,6 +12,7 @@ pub mod cri;
 pub mod enforce;
 pub mod events;
 pub mod fault;
+pub mod fuzz;
 pub mod features;
 pub mod health;
 pub mod ledger;
