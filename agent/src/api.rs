@@ -26,13 +26,14 @@ impl Service {
     }
 
     /// Runs a containment order through the guards and the audit log.
-    /// These orders have no dry run.
+    /// These orders have no dry run. The target is the pod selector and
+    /// the order's reason (for the report to the API server).
     async fn guarded<T>(
         &self,
         caller: &Caller,
         action: &'static str,
         effect: Effect,
-        pod: Option<&v1::PodSelector>,
+        (pod, reason): (Option<&v1::PodSelector>, &str),
         act: impl std::future::Future<Output = Result<T, AgentError>>,
     ) -> Result<T, Status> {
         let order = Order {
@@ -40,6 +41,8 @@ impl Service {
             effect,
             pod,
             dry_run: false,
+            order_id: "",
+            reason,
         };
         let reply = self.gate.guarded(&*self.agent, caller, order, act).await?;
         reply.ok_or_else(|| Status::internal(format!("{action} has no dry run")))
@@ -124,7 +127,8 @@ impl Stockade for Service {
         // look the pod up.
         order::freeze(r).map_err(|e| status(e.into()))?;
         let act = self.agent.freeze(r);
-        let reply = self.guarded(&caller, "freeze", Effect::Contain, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "freeze", Effect::Contain, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -137,7 +141,8 @@ impl Stockade for Service {
         // look the pod up.
         order::thaw(r).map_err(|e| status(e.into()))?;
         let act = self.agent.thaw(r);
-        let reply = self.guarded(&caller, "thaw", Effect::Lift, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "thaw", Effect::Lift, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -150,7 +155,8 @@ impl Stockade for Service {
         // look the pod up.
         order::kill(r).map_err(|e| status(e.into()))?;
         let act = self.agent.kill(r);
-        let reply = self.guarded(&caller, "kill", Effect::Contain, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "kill", Effect::Contain, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -163,7 +169,8 @@ impl Stockade for Service {
         // look the pod up.
         order::terminate(r).map_err(|e| status(e.into()))?;
         let act = self.agent.terminate(r);
-        let reply = self.guarded(&caller, "terminate", Effect::Contain, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "terminate", Effect::Contain, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -176,7 +183,8 @@ impl Stockade for Service {
         // look the pod up.
         order::contain(r).map_err(|e| status(e.into()))?;
         let act = self.agent.contain(r);
-        let reply = self.guarded(&caller, "contain", Effect::Contain, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "contain", Effect::Contain, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -189,7 +197,8 @@ impl Stockade for Service {
         // look the pod up.
         order::uncontain(r).map_err(|e| status(e.into()))?;
         let act = self.agent.uncontain(r);
-        let reply = self.guarded(&caller, "uncontain", Effect::Lift, r.pod.as_ref(), act);
+        let target = (r.pod.as_ref(), r.reason.as_str());
+        let reply = self.guarded(&caller, "uncontain", Effect::Lift, target, act);
         Ok(Response::new(reply.await?))
     }
 
@@ -221,6 +230,8 @@ impl Stockade for Service {
             effect: Effect::Lift,
             pod: req.get_ref().pod.as_ref(),
             dry_run: false,
+            order_id: &req.get_ref().order_id,
+            reason: "",
         };
         let act = self.agent.extend(req.get_ref());
         let reply = self.gate.guarded(&*self.agent, &caller, order, act).await?;

@@ -14,6 +14,7 @@ pub mod events;
 pub mod fault;
 pub mod features;
 pub mod health;
+pub mod k8s;
 pub mod ledger;
 pub mod orders;
 pub mod server;
