@@ -153,6 +153,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::FreezeResponse {
@@ -181,6 +182,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::ThawResponse {
@@ -209,6 +211,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::KillResponse {
@@ -237,6 +240,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::TerminateResponse {
@@ -268,6 +272,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::ContainResponse {
@@ -296,6 +301,7 @@ impl Stockade for Service {
             pod: r.pod.as_ref(),
             dry_run: r.dry_run,
             order_id: &r.order_id,
+            reason: &r.reason,
         };
         let order_id = r.order_id.clone();
         let planned = |pod| v1::UncontainResponse {
@@ -337,6 +343,7 @@ impl Stockade for Service {
             pod: req.get_ref().pod.as_ref(),
             dry_run: false,
             order_id: &req.get_ref().order_id,
+            reason: "",
         };
         let act = self.agent.extend(req.get_ref());
         let reply = self.gate.guarded(&*self.agent, &caller, order, act).await?;

@@ -381,7 +381,7 @@ fn expected_permissions(terminate: bool) -> BTreeSet<Permission> {
         }
     };
     grant("", "pods", &["get", "list", "watch", "patch"]);
-    grant("events.k8s.io", "events", &["create", "patch"]);
+    grant("events.k8s.io", "events", &["create"]);
     if terminate {
         grant("", "pods", &["delete"]);
     }

@@ -15,10 +15,11 @@ use super::{
     tls::{Remote, RemoteError},
     Gate,
 };
-use crate::{agent::error_chain, api::Service, cgroup::Cgroup2};
+use crate::{agent::error_chain, api::Service, cgroup::Cgroup2, k8s};
 
-/// The guards and the audit log the flags ask for.
-pub fn gate(args: &AccessArgs) -> Result<Arc<Gate>, AuditError> {
+/// The guards and the audit log the flags ask for, with the pod index and
+/// reporter of `kube`.
+pub fn gate(args: &AccessArgs, kube: k8s::Links) -> Result<Arc<Gate>, AuditError> {
     let audit = Arc::new(args.audit()?);
     // `/proc/self/cgroup` is read whatever the mount point.
     let own_cgroup = Cgroup2::at(PathBuf::from("/"))
@@ -34,7 +35,8 @@ pub fn gate(args: &AccessArgs) -> Result<Arc<Gate>, AuditError> {
         guards.max_contained_percent = config.max_contained_percent,
         "guards and audit log ready"
     );
-    Ok(Arc::new(Gate::new(Guards::new(config), audit)))
+    let gate = Gate::new(Guards::new(config), audit).with_kube(kube);
+    Ok(Arc::new(gate))
 }
 
 /// Binds the mutual-TLS listener when `--listen` is set.

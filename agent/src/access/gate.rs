@@ -22,6 +22,7 @@ use super::{
 use crate::{
     agent::{Agent, AgentError},
     api, features,
+    k8s::{self, Outcome},
     metrics::OrderMetrics,
     orders,
     validate::{self, FieldError, IsolateOrder, Mode, PodTarget},
@@ -86,8 +87,11 @@ pub struct Order<'a> {
     pub effect: Effect,
     pub pod: Option<&'a v1::PodSelector>,
     pub dry_run: bool,
-    /// As sent, or as the server made it up; written in the audit line.
+    /// As sent, or as the server made it up: written in the audit line
+    /// and in the report to the API server.
     pub order_id: &'a str,
+    /// Why, for the report to the API server; empty when none was given.
+    pub reason: &'a str,
 }
 
 /// What [`Gate::guarded`] did with an order that passed every check.
@@ -105,6 +109,8 @@ pub struct Gate {
     guards: Guards,
     audit: Arc<AuditLog>,
     metrics: OrderMetrics,
+    /// The pod index and the reporter, when the API server is configured.
+    kube: k8s::Links,
 }
 
 impl Default for Gate {
@@ -116,12 +122,18 @@ impl Default for Gate {
 
 impl Gate {
     pub fn new(guards: Guards, audit: Arc<AuditLog>) -> Self {
-        let metrics = OrderMetrics::default();
         Self {
             guards,
             audit,
-            metrics,
+            metrics: OrderMetrics::default(),
+            kube: k8s::Links::default(),
         }
+    }
+
+    /// The same gate, reporting outcomes and naming the node of a pod that
+    /// is elsewhere through `kube`.
+    pub fn with_kube(self, kube: k8s::Links) -> Self {
+        Self { kube, ..self }
     }
 
     pub fn guards(&self) -> &Guards {
@@ -152,6 +164,7 @@ impl Gate {
             pod: req.pod.as_ref(),
             dry_run: req.dry_run,
             order_id: &req.order_id,
+            reason: &req.reason,
         };
         self.audit_order(caller, &order, result.as_ref().err());
         result
@@ -172,8 +185,16 @@ impl Gate {
             pod: req.pod.as_ref(),
             dry_run: req.dry_run,
             order_id: &req.order_id,
+            reason: &req.reason,
         };
         self.audit_order(caller, &order, result.as_ref().err());
+        if let (true, Ok(reply)) = (req.all, &result) {
+            // The order named no pod: each released pod is reported.
+            reply
+                .released
+                .iter()
+                .for_each(|pod| self.report_released(&order, pod));
+        }
         result
     }
 
@@ -210,7 +231,7 @@ impl Gate {
             (Some(pod), _) => pod,
             // Lifting needs no pod: the agent says whether it is gone.
             (None, Effect::Lift) => &gone,
-            (None, Effect::Contain) => return Err(not_on_node(node, &target)),
+            (None, Effect::Contain) => return Err(self.not_on_node(node, &target).await),
         };
         let input = guard_input(order.effect, caller, order.dry_run, pod, &pods);
         self.guards.check(&input).map_err(|r| r.status())?;
@@ -222,11 +243,12 @@ impl Gate {
         }
         match found {
             Some(pod) => Ok(Guarded::DryRun(pod.clone())),
-            None => Err(not_on_node(node, &target)),
+            None => Err(self.not_on_node(node, &target).await),
         }
     }
 
-    /// Writes the audit line of an order and counts it.
+    /// Writes the audit line of an order, counts it, and queues its report
+    /// to the API server (which never waits).
     pub fn audit_order(&self, caller: &Caller, order: &Order<'_>, error: Option<&Status>) {
         self.metrics.order(order.action, order.dry_run, error);
         let target = order.pod.and_then(selector_text);
@@ -237,6 +259,10 @@ impl Gate {
             .ok()
             .flatten();
         self.audit.write(&entry.with_result(order.dry_run, error));
+
+        if let Some(target) = order.pod.and_then(k8s::Target::of) {
+            self.report(order, target, error);
+        }
     }
 
     /// The status of an order the node could not carry out, counted by
@@ -244,6 +270,56 @@ impl Gate {
     fn failed(&self, err: AgentError) -> Status {
         self.metrics.agent_error(&err);
         api::status(err)
+    }
+
+    fn report(&self, order: &Order<'_>, target: k8s::Target, error: Option<&Status>) {
+        let Some(reporter) = &self.kube.reporter else {
+            return;
+        };
+        let given = |text: &str| Some(text.to_owned()).filter(|t| !t.is_empty());
+        reporter.report(Outcome {
+            dry_run: order.dry_run,
+            order_id: given(order.order_id),
+            reason: given(order.reason),
+            ..Outcome::new(order.action, target, error)
+        });
+    }
+
+    /// Reports one pod released by `release --all`.
+    fn report_released(&self, order: &Order<'_>, pod: &v1::Pod) {
+        let target = match pod.name.is_empty() || pod.namespace.is_empty() {
+            true => k8s::Target::Uid(pod.uid.clone()),
+            false => k8s::Target::Name {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+            },
+        };
+        self.report(order, target, None);
+    }
+
+    /// The refusal of an order whose pod is not on this node, naming the
+    /// node it is on when the API server says. Only this refusal waits for
+    /// the API server, at most `k8s::index::LOCATE_DEADLINE`, and not at
+    /// all while the pod index sees it down.
+    async fn not_on_node(&self, node: &impl Node, target: &PodTarget) -> Status {
+        let here = node.node_name();
+        match self.locate(target).await {
+            Some(there) if there != here => Status::not_found(format!(
+                "pod {target} is on node {there}, not on this node {here}"
+            )),
+            _ => not_on_node(&here, target),
+        }
+    }
+
+    /// The node a pod named by name is scheduled on. A pod named by UID is
+    /// not looked for: the index only has this node's pods, and the API
+    /// server cannot be asked for a pod by UID.
+    async fn locate(&self, target: &PodTarget) -> Option<String> {
+        let index = self.kube.index.as_ref()?;
+        match target {
+            PodTarget::Name { namespace, name } => index.locate(namespace, name).await,
+            PodTarget::Uid(_) => None,
+        }
     }
 
     async fn try_isolate<N: Node>(
@@ -255,7 +331,9 @@ impl Gate {
         let received_at = SystemTime::now();
         let order = validate::isolate(req).map_err(invalid)?;
         let pods = node.pods().await.map_err(|e| self.failed(e))?;
-        let pod = find(&pods, &order.target).ok_or_else(|| not_on_node(node, &order.target))?;
+        let Some(pod) = find(&pods, &order.target) else {
+            return Err(self.not_on_node(node, &order.target).await);
+        };
         let input = guard_input(Effect::Contain, caller, req.dry_run, pod, &pods);
         self.guards.check(&input).map_err(|r| r.status())?;
 
@@ -420,15 +498,12 @@ fn matches(pod: &v1::Pod, target: &PodTarget) -> bool {
     }
 }
 
-fn not_on_node(node: &impl Node, target: &PodTarget) -> Status {
+fn not_on_node(here: &str, target: &PodTarget) -> Status {
     let hint = match target {
         PodTarget::Name { .. } => " (pods are named only where a runtime socket is configured)",
         PodTarget::Uid(_) => "",
     };
-    Status::not_found(format!(
-        "pod {target} is not on node {}{hint}",
-        node.node_name()
-    ))
+    Status::not_found(format!("pod {target} is not on node {here}{hint}"))
 }
 
 /// What an isolate order would enforce: no timestamps of enforcement or

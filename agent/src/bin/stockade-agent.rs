@@ -6,11 +6,19 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use stockade_agent::{
     access::{self, config::AccessArgs},
+    agent::error_chain,
     agent::{Agent, Settings},
     api::Service,
-    contain::{guard, kill::KillMethod, kube::KubeSource, ContainSettings},
+    contain::{
+        guard,
+        kill::KillMethod,
+        kube::{self, KubeSource},
+        ContainSettings,
+    },
     cri::{self, CriClient},
-    events, health, ledger,
+    events, health,
+    k8s::{self, PodIndex, Reporter},
+    ledger,
     metrics::{self, Metrics},
     server,
 };
@@ -66,6 +74,10 @@ struct Args {
     /// it the in-cluster service account is used when in a pod.
     #[arg(long, env = "STOCKADE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Do not report orders to the API server (Events and annotations on
+    /// the pods); the pod index is still kept.
+    #[arg(long, env = "STOCKADE_NO_KUBE_REPORTS")]
+    no_kube_reports: bool,
     /// The mutual-TLS listener, the audit log and the guards.
     #[command(flatten)]
     access: AccessArgs,
@@ -106,15 +118,17 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(args.log_format);
 
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let kube_source = KubeSource::detect(args.kubeconfig.as_deref());
     let settings = Settings {
-        node_name: args.node_name.clone().unwrap_or_else(hostname),
+        node_name: node_name.clone(),
         pin_root: args.pin_dir.clone(),
         cri_socket: explicit_socket(&args.cri_socket),
         cri_timeout: Duration::from_millis(args.cri_timeout_ms),
         cgroup_root: args.cgroup_root.clone(),
         containment: ContainSettings {
             kill_method: args.kill_method.forced(),
-            kube: KubeSource::detect(args.kubeconfig.as_deref()),
+            kube: kube_source.clone(),
         },
         state_dir: args.state_dir.clone(),
     };
@@ -134,7 +148,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(guard::run_events(ring));
     }
 
-    let gate = access::daemon::gate(&args.access)?;
+    let kube = kube_links(&kube_source, &node_name, !args.no_kube_reports).await;
+    let gate = access::daemon::gate(&args.access, kube)?;
     let service = Service::new(agent.clone()).with_gate(gate.clone());
     let remote = access::daemon::bind_remote(&args.access, gate.audit().clone()).await?;
     let incoming = server::bind_root_only(&args.socket).await?;
@@ -233,6 +248,34 @@ fn banner(agent: &Agent, args: &Args) {
         features.missing = ?missing,
         "stockade-agent started"
     );
+}
+
+/// The pod index and the reporter over one API client, both started in
+/// the background: neither waits for the API server, which may be
+/// unreachable now and come later.
+async fn kube_links(source: &KubeSource, node: &str, reports: bool) -> k8s::Links {
+    if *source == KubeSource::Off {
+        info!("no Kubernetes API server configured: no pod index, no reports");
+        return k8s::Links::default();
+    }
+    let client = match kube::client(source).await {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %error_chain(&e), "no pod index, no reports");
+            return k8s::Links::default();
+        }
+    };
+    let index = PodIndex::start(client.clone(), node);
+    let settings = k8s::Settings::default();
+    let reporter = reports.then(|| Reporter::start(client, node, Some(index.clone()), settings));
+    info!(
+        kube.reports = reports,
+        "watching this node's pods in the API server"
+    );
+    k8s::Links {
+        index: Some(index),
+        reporter,
+    }
 }
 
 /// A runtime socket named by path is kept even when it does not answer at

@@ -83,15 +83,7 @@ pub struct PodApi {
 impl PodApi {
     /// A client for `source`; nothing is sent until the first delete.
     pub async fn connect(source: &KubeSource, deadline: Duration) -> Result<Self, KubeError> {
-        let config = match source {
-            KubeSource::Off => return Err(KubeError::NotConfigured),
-            KubeSource::InCluster => {
-                Config::incluster().map_err(|source| KubeError::InCluster { source })?
-            }
-            KubeSource::Kubeconfig(path) => from_file(path).await?,
-        };
-        let client = Client::try_from(config).map_err(|source| KubeError::Client { source })?;
-        Ok(Self::with_client(client, deadline))
+        Ok(Self::with_client(client(source).await?, deadline))
     }
 
     /// Wraps an existing client (tests give a mock service).
@@ -119,6 +111,18 @@ impl PodApi {
             Ok(Err(err)) => Deleted::Failed(crate::agent::error_chain(&err)),
         }
     }
+}
+
+/// An API client for `source`; nothing is sent until it is used.
+pub async fn client(source: &KubeSource) -> Result<Client, KubeError> {
+    let config = match source {
+        KubeSource::Off => return Err(KubeError::NotConfigured),
+        KubeSource::InCluster => {
+            Config::incluster().map_err(|source| KubeError::InCluster { source })?
+        }
+        KubeSource::Kubeconfig(path) => from_file(path).await?,
+    };
+    Client::try_from(config).map_err(|source| KubeError::Client { source })
 }
 
 async fn from_file(path: &Path) -> Result<Config, KubeError> {

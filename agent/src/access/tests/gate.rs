@@ -411,6 +411,7 @@ async fn other_orders_pass_the_same_guards_and_are_audited() {
         pod,
         dry_run,
         order_id: "inc-7:kill",
+        reason: "",
     };
     let acted = AtomicUsize::new(0);
     let act = || async {
@@ -461,6 +462,7 @@ async fn every_audited_order_is_counted_and_failures_by_kind() {
         pod,
         dry_run: false,
         order_id: "",
+        reason: "",
     };
     let failing = || async { Err::<(), _>(AgentError::Deadline("populated 1 after 5 s".into())) };
 
@@ -504,4 +506,82 @@ async fn every_audited_order_is_counted_and_failures_by_kind() {
     // The guard's refusal of a protected pod is no error of the agent.
     assert!(has(r#"stockade_errors_total{kind="kernel"} 0"#), "{text}");
     assert_eq!(setup.audit_lines().len(), 4);
+}
+
+/// A gate whose index lists shop/web on node "fake" and whose reporter
+/// sends to `api`.
+fn gate_with_kube(api: &crate::k8s::mock::MockApi) -> Setup {
+    use crate::k8s::{mock::pod_json, Links, PodIndex, Reporter, Settings};
+
+    let web = serde_json::from_value(pod_json("shop", "web", WEB, "fake")).unwrap();
+    let index = PodIndex::fixed(api.client(), "fake", vec![web]);
+    let reporter = Reporter::start(
+        api.client(),
+        "fake",
+        Some(index.clone()),
+        Settings::default(),
+    );
+    let setup = gate(GuardConfig::default());
+    let links = Links {
+        index: Some(index),
+        reporter: Some(reporter),
+    };
+    Setup {
+        gate: setup.gate.with_kube(links),
+        ..setup
+    }
+}
+
+#[tokio::test]
+async fn a_carried_out_order_is_reported_and_a_dry_run_is_not() {
+    use crate::k8s::mock::{wait_until, MockApi, Reply};
+
+    let api = MockApi::start(|req| Reply::Json(http::StatusCode::CREATED, req.body.clone()));
+    let setup = gate_with_kube(&api);
+    let node = FakeNode::three_pods();
+
+    let (caller, dry, done) = (coordinator(), isolate(WEB, true), isolate(WEB, false));
+
+    setup.gate.isolate(&node, &caller, &dry).await.unwrap();
+    setup.gate.isolate(&node, &caller, &done).await.unwrap();
+    wait_until(|| !api.requests_with("POST").is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let posts = api.requests_with("POST");
+    assert_eq!(posts.len(), 1, "only the order carried out is reported");
+    let event = &posts[0].body;
+    assert_eq!(event["reason"], "StockadeIsolated");
+    assert_eq!(event["regarding"]["name"], "web");
+    assert!(event["note"].as_str().unwrap().contains("alert 7"));
+}
+
+#[tokio::test]
+async fn a_pod_on_another_node_is_refused_naming_that_node() {
+    use crate::k8s::mock::{pod_json, MockApi, Reply};
+
+    let api = MockApi::start(|req| match req.path.as_str() {
+        "/api/v1/namespaces/shop/pods/api" => Reply::ok(pod_json("shop", "api", DNS, "node-b")),
+        _ => Reply::Json(http::StatusCode::CREATED, req.body.clone()),
+    });
+    let setup = gate_with_kube(&api);
+    let node = FakeNode::three_pods();
+    let elsewhere = v1::IsolateRequest {
+        pod: Some(PodSelector {
+            target: Some(Target::Name(PodName {
+                namespace: "shop".into(),
+                name: "api".into(),
+            })),
+        }),
+        ..isolate(WEB, false)
+    };
+
+    let refused = setup.gate.isolate(&node, &coordinator(), &elsewhere).await;
+
+    let status = refused.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        "pod shop/api is on node node-b, not on this node fake"
+    );
+    assert_eq!(node.acted(), 0);
 }
