@@ -90,6 +90,11 @@ pub struct AccessArgs {
     /// the two limits above.
     #[arg(long, env = "STOCKADE_LIMITS_EXEMPT_LOCAL")]
     pub limits_exempt_local: bool,
+
+    /// Refuse to contain a pod whose namespace neither the runtime nor the
+    /// API server names, so that protected namespaces are always checked.
+    #[arg(long, env = "STOCKADE_REQUIRE_POD_NAMESPACE")]
+    pub require_pod_namespace: bool,
 }
 
 /// What the mutual-TLS listener is given.
@@ -136,6 +141,7 @@ impl AccessArgs {
             max_orders_per_minute: self.max_orders_per_minute,
             max_contained_percent: self.max_contained_percent,
             exempt_local: self.limits_exempt_local,
+            require_namespace: self.require_pod_namespace,
         }
     }
 

@@ -224,7 +224,7 @@ impl Gate {
         act: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<Guarded<T>, Status> {
         let target = validate::pod_selector(order.pod, "pod").map_err(invalid)?;
-        let pods = node.pods().await.map_err(|e| self.failed(e))?;
+        let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         let gone = v1::Pod::default();
         let found = find(&pods, &target);
         let pod = match (found, order.effect) {
@@ -263,6 +263,21 @@ impl Gate {
         if let Some(target) = order.pod.and_then(k8s::Target::of) {
             self.report(order, target, error);
         }
+    }
+
+    /// The node's pods, those the runtime did not name named from the pod
+    /// index, so that the protected-namespace guard and names apply to
+    /// them too (a node with no runtime socket, or a runtime that is down).
+    fn named(&self, mut pods: Vec<v1::Pod>) -> Vec<v1::Pod> {
+        let Some(index) = &self.kube.index else {
+            return pods;
+        };
+        for pod in pods.iter_mut().filter(|p| p.namespace.is_empty()) {
+            if let Some(info) = index.by_uid(&pod.uid) {
+                (pod.namespace, pod.name) = (info.namespace, info.name);
+            }
+        }
+        pods
     }
 
     /// The status of an order the node could not carry out, counted by
@@ -330,7 +345,7 @@ impl Gate {
     ) -> Result<v1::IsolateResponse, Status> {
         let received_at = SystemTime::now();
         let order = validate::isolate(req).map_err(invalid)?;
-        let pods = node.pods().await.map_err(|e| self.failed(e))?;
+        let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         let Some(pod) = find(&pods, &order.target) else {
             return Err(self.not_on_node(node, &order.target).await);
         };
@@ -409,7 +424,7 @@ impl Gate {
     ) -> Result<v1::ReleaseResponse, Status> {
         let received_at = SystemTime::now();
         let (target, _reason) = validate::release(req).map_err(invalid)?;
-        let pods = node.pods().await.map_err(|e| self.failed(e))?;
+        let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         // The pod may be gone while its isolation is still pinned.
         let pod = find(&pods, &target);
         let gone = v1::Pod::default();

@@ -3,7 +3,10 @@
 //! its pods at once.
 //!
 //! - pods of protected namespaces (`kube-system` and the agent's own) are
-//!   never contained;
+//!   never contained; a pod whose namespace neither the runtime nor the
+//!   API server's pod index names is contained unless `require_namespace`
+//!   is set (off by default, so that a node whose runtime and API server
+//!   are both down can still answer an incident);
 //! - the agent's own pod, and any cgroup that contains the agent, neither;
 //! - at most `max_orders_per_minute` mutating orders are admitted in any
 //!   60 seconds;
@@ -45,6 +48,8 @@ pub struct GuardConfig {
     pub max_contained_percent: u8,
     /// The two limits do not apply to orders from the Unix socket.
     pub exempt_local: bool,
+    /// Refuse to contain a pod whose namespace is unknown.
+    pub require_namespace: bool,
 }
 
 impl Default for GuardConfig {
@@ -56,6 +61,7 @@ impl Default for GuardConfig {
             max_orders_per_minute: 60,
             max_contained_percent: 50,
             exempt_local: false,
+            require_namespace: false,
         }
     }
 }
@@ -95,6 +101,11 @@ pub struct GuardInput<'a> {
 pub enum GuardRefusal {
     #[error("namespace {namespace} is protected: its pods are never contained")]
     ProtectedNamespace { namespace: String },
+    #[error(
+        "pod {uid}: its namespace is unknown (no runtime socket or API server named it), \
+         and the agent is set to contain only pods whose namespace it can check"
+    )]
+    UnknownNamespace { uid: String },
     #[error("pod {uid} is the agent's own pod")]
     OwnPod { uid: String },
     #[error("refusing cgroup {path}: {reason}")]
@@ -172,6 +183,10 @@ impl Guards {
         {
             let namespace = namespace.to_owned();
             return Err(GuardRefusal::ProtectedNamespace { namespace });
+        }
+        if order.namespace.is_none() && self.config.require_namespace {
+            let uid = order.pod_uid.to_owned();
+            return Err(GuardRefusal::UnknownNamespace { uid });
         }
         if self.config.own_pod_uid.as_deref() == Some(order.pod_uid) {
             let uid = order.pod_uid.to_owned();
@@ -478,6 +493,28 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(exempt.check(&crowded), Ok(()));
         }
+    }
+
+    #[test]
+    fn an_unnamed_pod_is_refused_only_when_namespaces_are_required() {
+        let unnamed = GuardInput {
+            namespace: None,
+            ..order()
+        };
+        assert_eq!(guards(GuardConfig::default()).check(&unnamed), Ok(()));
+        let strict = guards(GuardConfig {
+            require_namespace: true,
+            ..GuardConfig::default()
+        });
+        assert!(matches!(
+            strict.check(&unnamed),
+            Err(GuardRefusal::UnknownNamespace { .. })
+        ));
+        let lift = GuardInput {
+            effect: Effect::Lift,
+            ..unnamed
+        };
+        assert_eq!(strict.check(&lift), Ok(()));
     }
 
     #[test]

@@ -585,3 +585,55 @@ async fn a_pod_on_another_node_is_refused_naming_that_node() {
     );
     assert_eq!(node.acted(), 0);
 }
+
+#[tokio::test]
+async fn pods_the_runtime_did_not_name_are_named_by_the_index_and_guarded() {
+    use crate::k8s::{
+        mock::{pod_json, MockApi, Reply},
+        Links, PodIndex,
+    };
+
+    let api = MockApi::start(|req| Reply::Json(http::StatusCode::CREATED, req.body.clone()));
+    let dns = serde_json::from_value(pod_json("kube-system", "coredns", DNS, "fake")).unwrap();
+    let index = PodIndex::fixed(api.client(), "fake", vec![dns]);
+    let links = Links {
+        index: Some(index),
+        reporter: None,
+    };
+    let setup = gate(GuardConfig::default());
+    let gate = setup.gate.with_kube(links);
+    // No runtime socket: the node knows its pods by UID only.
+    let node = FakeNode::new(vec![pod(WEB, "", "", false), pod(DNS, "", "", false)]);
+
+    let refused = gate
+        .isolate(&node, &coordinator(), &isolate(DNS, false))
+        .await;
+    let status = refused.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("kube-system"), "{status:?}");
+    assert_eq!(node.acted(), 0);
+
+    // A pod the index does not know either passes by default...
+    assert!(gate
+        .isolate(&node, &coordinator(), &isolate(WEB, false))
+        .await
+        .is_ok());
+    // ...and is refused where namespaces are required.
+    let strict = gate_of(GuardConfig {
+        require_namespace: true,
+        ..GuardConfig::default()
+    });
+    let refused = strict
+        .isolate(&node, &coordinator(), &isolate(WEB, false))
+        .await;
+    let status = refused.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("namespace is unknown"),
+        "{status:?}"
+    );
+}
+
+fn gate_of(config: GuardConfig) -> crate::access::Gate {
+    gate(config).gate
+}
