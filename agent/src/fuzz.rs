@@ -13,8 +13,11 @@ use stockade_proto::v1;
 
 use crate::{cgroup, contain::order, validate};
 
+/// A fuzz target: panics when a property breaks for `data`.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the corpus folders are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("cgroup_path", cgroup_path),
     ("proc_cgroup", proc_cgroup),
     ("isolate_request", isolate_request),
