@@ -1,10 +1,41 @@
 //! A short, bounded fuzz of the parsers that read untrusted text: cgroup
 //! paths, `/proc/PID/cgroup` files and incoming orders. Each must answer
 //! with a value or an error, never a panic. Runs with the normal tests.
+//!
+//! Two parts: every input of the corpus kept in `fuzz/corpus/` (grown by
+//! `cargo xtask fuzz`, which runs the cargo-fuzz targets on nightly) is
+//! replayed through `stockade_agent::fuzz`, then proptest explores new
+//! inputs for a bounded number of cases.
 
 use proptest::prelude::*;
 use stockade_agent::{cgroup, validate};
 use stockade_proto::v1::{pod_selector::Target, AllowRule, IsolateRequest, PodName, PodSelector};
+
+/// Every kept input of every target passes its target's checks.
+#[test]
+fn the_kept_corpus_passes_every_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (name, target) in stockade_agent::fuzz::TARGETS {
+        let dir = root.join(name);
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+            panic!("the corpus of {name} is missing at {}: {e}", dir.display())
+        });
+        let mut replayed = 0;
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| target(&data));
+            assert!(
+                outcome.is_ok(),
+                "{name}: {} breaks a property",
+                path.display()
+            );
+            replayed += 1;
+        }
+        assert!(replayed > 0, "the corpus of {name} is empty");
+        println!("{name}: {replayed} kept inputs replayed");
+    }
+}
 
 /// Enough cases to explore, few enough for the normal test run.
 fn config() -> ProptestConfig {

@@ -4,6 +4,7 @@
 
 mod certs;
 mod ebpf;
+mod fuzz;
 mod process;
 mod run_bin;
 mod setup;
@@ -45,6 +46,16 @@ enum Task {
         #[arg(long)]
         kill: bool,
     },
+    /// Run the cargo-fuzz targets (nightly and cargo-fuzz needed), adding
+    /// what they find to the kept corpus in fuzz/corpus/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Make a throw-away CA, agent and client certificates, and an access
     /// configuration, to try the mutual-TLS listener with.
     Certs {
@@ -81,6 +92,9 @@ fn run(task: Task, root: &Path) -> anyhow::Result<ExitCode> {
         Task::Bench { runs, kill: true } => {
             let args = ["kill".to_string(), runs.to_string()];
             run_bin::run(root, "bench", "stk-bench", true, &args)
+        }
+        Task::Fuzz { seconds, target } => {
+            fuzz::run(root, seconds, target.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         Task::Certs { out, agent_names } => {
             certs::run(&root.join(out), &agent_names).map(|()| ExitCode::SUCCESS)
