@@ -153,6 +153,8 @@ impl Drop for Workspace {
 
 async fn measure(work: &Workspace, runs: usize) -> Result<String> {
     let mut client = connect(&work.socket()).await?;
+    let pid = work.agent.as_ref().context("no agent")?.id();
+    let idle = Usage::of(pid)?;
     let selector = || PodSelector {
         target: Some(Target::Uid(work.uid.clone())),
     };
@@ -183,12 +185,53 @@ async fn measure(work: &Workspace, runs: usize) -> Result<String> {
         release_rtt.push(start.elapsed());
     }
 
+    let busy = Usage::of(pid)?;
+    let cpu_ms = (busy.cpu_secs - idle.cpu_secs) * 1000.0 / runs as f64;
     Ok(format!(
-        "runs: {runs}\n{}\n{}\n{}",
+        "runs: {runs}\n{}\n{}\n{}\n\
+         agent memory: RSS {} KiB after start, {} KiB after the runs, peak {} KiB\n\
+         agent CPU: {cpu_ms:.2} ms per isolate + release",
         summary("order to enforced (agent)", &mut enforced),
         summary("isolate round trip (client)", &mut isolate_rtt),
         summary("release round trip (client)", &mut release_rtt),
+        idle.rss_kib,
+        busy.rss_kib,
+        busy.peak_kib,
     ))
+}
+
+/// What the agent process uses, from /proc: the figures the DaemonSet's
+/// requests and limits are set from.
+struct Usage {
+    rss_kib: u64,
+    peak_kib: u64,
+    cpu_secs: f64,
+}
+
+impl Usage {
+    fn of(pid: u32) -> Result<Self> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |key: &str| -> Result<u64> {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+            let number = line.trim().trim_end_matches(" kB").trim();
+            Ok(number.parse()?)
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command's closing parenthesis; utime and stime
+        // are the 14th and 15th fields of the line, in clock ticks.
+        let after = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        Ok(Self {
+            rss_kib: kib("VmRSS:")?,
+            peak_kib: kib("VmHWM:")?,
+            cpu_secs: ticks as f64 / hz,
+        })
+    }
 }
 
 fn order_to_enforced(isolation: &v1::Isolation) -> Result<Duration> {
