@@ -288,14 +288,22 @@ impl Agent {
         let found = cgroups.scan_pods()?;
         let named = self.runtime_pods().await;
         let isolated = self.lock_records().keys().copied().collect::<Vec<_>>();
+        let contained = self
+            .containment
+            .guard()
+            .and_then(|g| g.contained_ids().ok())
+            .unwrap_or_default();
         Ok(found
             .iter()
             .map(|p| {
-                pod_to_proto(
+                let mut pod = pod_to_proto(
                     p,
                     named.iter().find(|n| n.uid == p.uid.as_str()),
                     isolated.contains(&p.cgroup_id),
-                )
+                );
+                pod.frozen = contain::freeze::read_freeze(&cgroups.abs(&p.path)).unwrap_or(false);
+                pod.contained = contained.contains(&p.cgroup_id);
+                pod
             })
             .collect())
     }
@@ -564,15 +572,15 @@ impl Agent {
         }
     }
 
-    /// Marks the in-force freeze orders of `cgroup_id` released, once a
-    /// thaw was verified.
-    pub(crate) async fn mark_thawed(&self, cgroup_id: u64) {
+    /// Marks the in-force `what` orders (freeze, contain) of `cgroup_id`
+    /// released, once their undoing was verified.
+    pub(crate) async fn mark_undone(&self, what: &'static str, cgroup_id: u64) {
         let marked = self
             .orders
-            .blocking(move |l| mark_ended(l, action::FREEZE, cgroup_id, OrderState::Released))
+            .blocking(move |l| mark_ended(l, what, cgroup_id, OrderState::Released))
             .await;
         if let Err(e) = marked {
-            warn!(cgroup.id = cgroup_id, error = %e, "thawed, but the ledger still says frozen");
+            warn!(cgroup.id = cgroup_id, order.action = what, error = %e, "undone, but the ledger still says enforced");
         }
     }
 
@@ -920,7 +928,8 @@ impl Agent {
     /// what is missing, or lifts it when its pod is gone.
     fn restore(&self, cgroups: &Cgroup2, pods: &[PodCgroup], rec: &OrderRecord) {
         let gone = !pods.iter().any(|p| p.cgroup_id == rec.cgroup_id);
-        if rec.action == action::FREEZE && rec.state == OrderState::Enforced && gone {
+        let undone_with_pod = [action::FREEZE, action::CONTAIN].contains(&rec.action.as_str());
+        if undone_with_pod && rec.state == OrderState::Enforced && gone {
             return self.end_frozen_gone(rec);
         }
         let restorable = rec.action == action::ISOLATE && rec.state == OrderState::Enforced;
@@ -950,10 +959,10 @@ impl Agent {
     fn end_frozen_gone(&self, rec: &OrderRecord) {
         let why = Failure {
             code: tonic::Code::NotFound as i32,
-            message: "the pod is gone, and its freeze with it".into(),
+            message: format!("the pod is gone, and its {} with it", rec.action),
         };
         match self.orders.ledger().end(&rec.id, OrderState::Released, why) {
-            Ok(_) => info!(order.id = %rec.id, "pod of a freeze is gone: released"),
+            Ok(_) => info!(order.id = %rec.id, "pod of a freeze or containment is gone: released"),
             Err(e) => warn!(error = %error_chain(&e), "cannot record a gone pod"),
         }
     }
@@ -1364,5 +1373,8 @@ pub(crate) fn pod_to_proto(p: &PodCgroup, named: Option<&CriPod>, isolated: bool
         }
         .into(),
         isolated,
+        // Read where the kernel's state is needed (`Agent::pods`).
+        frozen: false,
+        contained: false,
     }
 }

@@ -18,6 +18,7 @@ use super::{
     audit::{AuditLog, Entry},
     authz::Caller,
     guards::{GuardInput, Guards},
+    holds::{HoldGuard, Holds},
 };
 use crate::{
     agent::{Agent, AgentError},
@@ -111,6 +112,8 @@ pub struct Gate {
     metrics: OrderMetrics,
     /// The pod index and the reporter, when the API server is configured.
     kube: k8s::Links,
+    /// Containing orders in flight, for the share guard.
+    holds: Holds,
 }
 
 impl Default for Gate {
@@ -127,6 +130,7 @@ impl Gate {
             audit,
             metrics: OrderMetrics::default(),
             kube: k8s::Links::default(),
+            holds: Holds::default(),
         }
     }
 
@@ -224,6 +228,7 @@ impl Gate {
         act: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<Guarded<T>, Status> {
         let target = validate::pod_selector(order.pod, "pod").map_err(invalid)?;
+        let seen = self.holds.generation();
         let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         let gone = v1::Pod::default();
         let found = find(&pods, &target);
@@ -234,9 +239,19 @@ impl Gate {
             (None, Effect::Contain) => return Err(self.not_on_node(node, &target).await),
         };
         let input = guard_input(order.effect, caller, order.dry_run, pod, &pods);
-        self.guards.check(&input).map_err(|r| r.status())?;
+        let _hold = self.check(input, seen, &pods)?;
         if !order.dry_run {
             return act.await.map(Guarded::Done).map_err(|e| self.failed(e));
+        }
+        if order.action == "contain" && pod.contained {
+            let msg = format!("pod {} is already contained; uncontain it first", pod.uid);
+            return Err(Status::already_exists(msg));
+        }
+        if order.action == "uncontain" && found.is_some_and(|p| !p.contained) {
+            return Err(Status::not_found(format!(
+                "pod {} is not contained",
+                pod.uid
+            )));
         }
         if let Some(missing) = node.missing_for(order.action) {
             return Err(Status::failed_precondition(missing));
@@ -260,9 +275,42 @@ impl Gate {
             .flatten();
         self.audit.write(&entry.with_result(order.dry_run, error));
 
+        // Refusals before the pod was found on this node (malformed, not
+        // here, not allowed, over the rate) say nothing about a pod of
+        // this node: they are not reported, so that a caller cannot write
+        // Events about pods elsewhere.
+        let unreported = [
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+            tonic::Code::ResourceExhausted,
+        ];
+        if error.is_some_and(|e| unreported.contains(&e.code())) {
+            return;
+        }
         if let Some(target) = order.pod.and_then(k8s::Target::of) {
             self.report(order, target, error);
         }
+    }
+
+    /// The guards, with the containing orders in flight counted (see
+    /// `holds`); the hold of an admitted containing order, to keep until
+    /// it has acted.
+    fn check(
+        &self,
+        input: GuardInput<'_>,
+        seen: u64,
+        pods: &[v1::Pod],
+    ) -> Result<Option<HoldGuard>, Status> {
+        let listed = pods
+            .iter()
+            .filter(|p| held(p))
+            .map(|p| p.uid.as_str())
+            .collect();
+        self.holds
+            .check(&self.guards, input, seen, &listed)
+            .map_err(|r| r.status())
     }
 
     /// The node's pods, those the runtime did not name named from the pod
@@ -345,12 +393,13 @@ impl Gate {
     ) -> Result<v1::IsolateResponse, Status> {
         let received_at = SystemTime::now();
         let order = validate::isolate(req).map_err(invalid)?;
+        let seen = self.holds.generation();
         let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         let Some(pod) = find(&pods, &order.target) else {
             return Err(self.not_on_node(node, &order.target).await);
         };
         let input = guard_input(Effect::Contain, caller, req.dry_run, pod, &pods);
-        self.guards.check(&input).map_err(|r| r.status())?;
+        let _hold = self.check(input, seen, &pods)?;
 
         if !req.dry_run {
             let isolation = node.isolate(req).await.map_err(|e| self.failed(e))?;
@@ -424,6 +473,7 @@ impl Gate {
     ) -> Result<v1::ReleaseResponse, Status> {
         let received_at = SystemTime::now();
         let (target, _reason) = validate::release(req).map_err(invalid)?;
+        let seen = self.holds.generation();
         let pods = self.named(node.pods().await.map_err(|e| self.failed(e))?);
         // The pod may be gone while its isolation is still pinned.
         let pod = find(&pods, &target);
@@ -435,7 +485,7 @@ impl Gate {
             pod.unwrap_or(&gone),
             &pods,
         );
-        self.guards.check(&input).map_err(|r| r.status())?;
+        let _hold = self.check(input, seen, &pods)?;
 
         if !req.dry_run {
             return node.release(req).await.map_err(|e| self.failed(e));
@@ -497,9 +547,15 @@ fn guard_input<'a>(
         pod_uid: &pod.uid,
         cgroup_path: &pod.cgroup_path,
         pods_on_node: pods.len(),
-        contained: pods.iter().filter(|p| p.isolated).count(),
-        target_contained: pod.isolated,
+        contained: pods.iter().filter(|p| held(p)).count(),
+        target_contained: held(pod),
     }
+}
+
+/// Whether a pod counts against the share guard: isolated, frozen or
+/// contained.
+fn held(pod: &v1::Pod) -> bool {
+    pod.isolated || pod.frozen || pod.contained
 }
 
 fn find<'a>(pods: &'a [v1::Pod], target: &PodTarget) -> Option<&'a v1::Pod> {
@@ -515,7 +571,9 @@ fn matches(pod: &v1::Pod, target: &PodTarget) -> bool {
 
 fn not_on_node(here: &str, target: &PodTarget) -> Status {
     let hint = match target {
-        PodTarget::Name { .. } => " (pods are named only where a runtime socket is configured)",
+        PodTarget::Name { .. } => {
+            " (pods are named only where a runtime socket or the API server names them)"
+        }
         PodTarget::Uid(_) => "",
     };
     Status::not_found(format!("pod {target} is not on node {here}{hint}"))

@@ -13,7 +13,8 @@
 //! - at most `max_contained_percent` of the node's pods are contained at
 //!   once, though one pod always may be.
 //!
-//! The two limits bind local root (the Unix socket) too, by default: a
+//! The two limits bind local root (the Unix socket) too, by default, except
+//! for orders that lift a containment (release, thaw, uncontain): a
 //! script looping on the node's CLI is as able to take the node down as a
 //! runaway coordinator. `exempt_local` lifts them for the Unix socket on
 //! nodes whose operators want that; root could stop the agent anyway.
@@ -166,7 +167,10 @@ impl Guards {
         if order.effect == Effect::Contain {
             self.check_target(order)?;
         }
-        if order.local && self.config.exempt_local {
+        // Local root may always undo a containment: a runaway caller that
+        // used up the rate limit must not lock the operator out of a thaw.
+        let local_lift = order.local && order.effect == Effect::Lift;
+        if local_lift || (order.local && self.config.exempt_local) {
             return Ok(());
         }
         if order.effect == Effect::Contain {
@@ -476,6 +480,17 @@ mod tests {
             limited.check(&local),
             Err(GuardRefusal::RateLimited { limit: 1, .. })
         ));
+        // Undoing stays possible for local root at the limit.
+        let undo = GuardInput {
+            effect: Effect::Lift,
+            ..local.clone()
+        };
+        assert_eq!(limited.check(&undo), Ok(()));
+        let remote_undo = GuardInput {
+            local: false,
+            ..undo.clone()
+        };
+        assert!(limited.check(&remote_undo).is_err());
         let crowded = GuardInput {
             contained: 9,
             ..local.clone()

@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod gate;
 pub mod guards;
+pub mod holds;
 pub mod reload;
 pub mod tls;
 

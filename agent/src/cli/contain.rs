@@ -119,6 +119,7 @@ pub async fn freeze(
         reply.pod.as_ref(),
         reply.events.as_ref(),
         (received.as_ref(), verified.as_ref()),
+        &reply.order_id,
         output,
     )))
 }
@@ -141,6 +142,7 @@ pub async fn thaw(client: &mut Client, args: &UndoArgs, output: Output) -> Resul
         reply.pod.as_ref(),
         reply.events.as_ref(),
         (received.as_ref(), verified.as_ref()),
+        &reply.order_id,
         output,
     )))
 }
@@ -195,6 +197,7 @@ pub async fn terminate(
             text
         }
         Output::Json => json::text(&json!({
+            "order_id": reply.order_id,
             "kill": kill_json(&kill),
             "delete": outcome,
             "delete_detail": reply.delete_detail,
@@ -225,11 +228,13 @@ pub async fn contain(
     let label = pod_label(reply.pod.as_ref());
     let text = match output {
         Output::Table => format!(
-            "contained {label}: any program it starts is killed at exec ({})\nverified  {}\n",
+            "contained {label}: any program it starts is killed at exec ({})\nverified  {}\norder     {}\n",
             reply.hook,
-            stamp_text(reply.verified_at.as_ref())
+            stamp_text(reply.verified_at.as_ref()),
+            reply.order_id,
         ),
         Output::Json => json::text(&json!({
+            "order_id": reply.order_id,
             "pod": reply.pod.as_ref().map(json::pod),
             "hook": reply.hook,
             "received_at": stamp(reply.received_at.as_ref()),
@@ -257,10 +262,12 @@ pub async fn uncontain(
     let label = pod_label(reply.pod.as_ref());
     let text = match output {
         Output::Table => format!(
-            "uncontained {label}: {} program(s) were killed at exec while contained\n",
-            reply.execs_killed
+            "uncontained {label}: {} program(s) were killed at exec while contained\norder     {}\n",
+            reply.execs_killed,
+            reply.order_id,
         ),
         Output::Json => json::text(&json!({
+            "order_id": reply.order_id,
             "pod": reply.pod.as_ref().map(json::pod),
             "execs_killed": reply.execs_killed,
             "received_at": stamp(reply.received_at.as_ref()),
@@ -294,11 +301,13 @@ fn settled(
     pod: Option<&Pod>,
     events: Option<&CgroupEvents>,
     (received, verified): (Option<&Timestamp>, Option<&Timestamp>),
+    order_id: &str,
     output: Output,
 ) -> String {
     let events = events.copied().unwrap_or_default();
     if output == Output::Json {
         return json::text(&json!({
+            "order_id": order_id,
             "pod": pod.map(json::pod),
             "events": events_json(&events),
             "received_at": stamp(received),
@@ -313,6 +322,7 @@ fn settled(
     );
     text.push_str(
         &Table::pairs([
+            ("order", order_id.to_owned()),
             ("received", stamp_text(received)),
             ("verified", stamp_text(verified)),
             ("order to verified", millis_between(received, verified)),
@@ -333,6 +343,7 @@ fn killed_report(reply: &KillResponse) -> String {
     );
     let (received, verified) = (reply.received_at.as_ref(), reply.verified_at.as_ref());
     let mut pairs = vec![
+        ("order", reply.order_id.clone()),
         (
             "cgroup",
             format!("{} (id {})", reply.cgroup_path, reply.cgroup_id),
@@ -367,6 +378,7 @@ fn runtime_table(stops: &[RuntimeStop]) -> String {
 
 fn kill_json(reply: &KillResponse) -> Value {
     json!({
+        "order_id": reply.order_id,
         "pod": reply.pod.as_ref().map(json::pod),
         "cgroup_path": reply.cgroup_path,
         "cgroup_id": reply.cgroup_id,

@@ -120,7 +120,7 @@ impl Agent {
                 .freeze_or_thaw(&target, &order, false)
                 .instrument(span)
                 .await?;
-            self.mark_thawed(target.pod.cgroup_id).await;
+            self.mark_undone(action::FREEZE, target.pod.cgroup_id).await;
             Ok(v1::ThawResponse {
                 pod: Some(self.pod_proto(&target)),
                 events: Some(reply::events(&settled.events)),
@@ -263,22 +263,26 @@ impl Agent {
         let once = Once::new(action::UNCONTAIN, &id, &order.target, received_at);
         self.once(once, req, cleared, async |target: Resolved| {
             let id_cg = target.pod.cgroup_id;
-            let mut guard = self.guard_or_missing()?;
-            let Some(state) = guard.contained(id_cg).map_err(guard_error)? else {
-                return Err(AgentError::NotFound(format!(
-                    "pod {} is not contained",
-                    target.pod.uid
-                )));
+            // The guard's lock is a std mutex: released before any await.
+            let (state, still) = {
+                let mut guard = self.guard_or_missing()?;
+                let Some(state) = guard.contained(id_cg).map_err(guard_error)? else {
+                    return Err(AgentError::NotFound(format!(
+                        "pod {} is not contained",
+                        target.pod.uid
+                    )));
+                };
+                guard.uncontain(id_cg).map_err(guard_error)?;
+                let still = guard.contained(id_cg).map_err(guard_error)?.is_some();
+                (state, still)
             };
-            guard.uncontain(id_cg).map_err(guard_error)?;
-            let still = guard.contained(id_cg).map_err(guard_error)?.is_some();
-            drop(guard);
             if still {
                 return Err(AgentError::NotVerified(format!(
                     "pod {} is still in the containment map after uncontain",
                     target.pod.uid
                 )));
             }
+            self.mark_undone(action::CONTAIN, id_cg).await;
             info!(pod.uid = %target.pod.uid, order.id = %id, execs_killed = state.execs_killed, "pod uncontained");
             Ok(v1::UncontainResponse {
                 pod: Some(self.pod_proto(&target)),

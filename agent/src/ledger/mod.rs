@@ -33,7 +33,7 @@ mod tests;
 
 use std::{
     fs, io,
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -193,6 +193,14 @@ impl Ledger {
             Self::create(&spare, &path, clock.clone())?;
         }
 
+        // Orders carry reasons and references: root only, also where the
+        // folder existed already with a wider mode.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            LedgerError::Create {
+                path: path.clone(),
+                source,
+            }
+        })?;
         // `open`, never `create`: the file is not initialized in place.
         let db = builder().open(&path).map_err(|e| open_error(&path, e))?;
         let ledger = Self {

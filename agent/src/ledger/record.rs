@@ -22,7 +22,7 @@ pub mod action {
 
     /// Actions whose effect lasts after the order is answered, and so must
     /// be reconciled after a restart and may expire. The others act once.
-    pub const LASTING: [&str; 2] = [ISOLATE, FREEZE];
+    pub const LASTING: [&str; 3] = [ISOLATE, FREEZE, CONTAIN];
 
     pub fn is_lasting(action: &str) -> bool {
         LASTING.contains(&action)

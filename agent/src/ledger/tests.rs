@@ -823,3 +823,17 @@ fn write_raw(dir: &Path, id: &str, json: &[u8]) {
         .unwrap();
     txn.commit().unwrap();
 }
+
+#[test]
+fn the_ledger_file_is_root_only_even_in_a_wide_folder() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ledger = ledger_in(dir.path());
+    let mode = std::fs::metadata(ledger.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "ledger mode {:o}", mode & 0o777);
+}

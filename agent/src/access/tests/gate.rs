@@ -637,3 +637,47 @@ async fn pods_the_runtime_did_not_name_are_named_by_the_index_and_guarded() {
 fn gate_of(config: GuardConfig) -> crate::access::Gate {
     gate(config).gate
 }
+
+#[tokio::test]
+async fn frozen_and_contained_pods_count_against_the_share_guard() {
+    use crate::access::gate::{Effect, Order};
+
+    let setup = gate(GuardConfig::default());
+    let frozen = v1::Pod {
+        frozen: true,
+        ..pod(DNS, "shop", "db", false)
+    };
+    let contained = v1::Pod {
+        contained: true,
+        ..pod(AGENT, "shop", "cache", false)
+    };
+    let node = FakeNode::new(vec![pod(WEB, "shop", "web", false), frozen, contained]);
+    let web = selector(WEB);
+    let freeze = Order {
+        action: "freeze",
+        effect: Effect::Contain,
+        pod: web.as_ref(),
+        dry_run: false,
+        order_id: "",
+        reason: "",
+    };
+    let acted = AtomicUsize::new(0);
+    let act = async {
+        acted.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, AgentError>(())
+    };
+
+    let refused = setup
+        .gate
+        .guarded(&node, &coordinator(), freeze, act)
+        .await
+        .unwrap_err();
+
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().starts_with("3 of the node's 3 pods"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(acted.load(Ordering::SeqCst), 0);
+}
