@@ -150,6 +150,9 @@ pub struct Agent {
     containment: Containment,
     started_at: SystemTime,
     orders: Orders,
+    /// The API server's index of this node's pods, when one is configured:
+    /// names pods the runtime does not name.
+    pod_index: std::sync::OnceLock<crate::k8s::PodIndex>,
     /// One containment order at a time per pod cgroup (`cgroup:<id>`), so
     /// that a freeze and a thaw sent together are carried out one after
     /// the other and each reply says what the kernel did for it.
@@ -201,11 +204,24 @@ impl Agent {
             started_at: SystemTime::now(),
             orders,
             pod_turns: InFlight::new(),
+            pod_index: std::sync::OnceLock::new(),
         };
         agent.refresh_node_addrs();
         agent.reconcile();
         agent.expire_due();
         Ok(agent)
+    }
+
+    /// Names pods through the API server's pod index where the runtime
+    /// does not (no runtime socket, or a runtime that is down). Set once.
+    pub fn use_pod_index(&self, index: crate::k8s::PodIndex) {
+        let _ = self.pod_index.set(index);
+    }
+
+    /// The namespace and name the pod index gives the pod `uid`.
+    pub(crate) fn indexed_name(&self, uid: &str) -> Option<(String, String)> {
+        let info = self.pod_index.get()?.by_uid(uid)?;
+        Some((info.namespace, info.name))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -303,6 +319,11 @@ impl Agent {
                 );
                 pod.frozen = contain::freeze::read_freeze(&cgroups.abs(&p.path)).unwrap_or(false);
                 pod.contained = contained.contains(&p.cgroup_id);
+                if pod.namespace.is_empty() {
+                    if let Some((namespace, name)) = self.indexed_name(&pod.uid) {
+                        (pod.namespace, pod.name) = (namespace, name);
+                    }
+                }
                 pod
             })
             .collect())
@@ -748,6 +769,26 @@ impl Agent {
                 Ok((pod, named))
             }
             PodTarget::Name { namespace, name } => {
+                let indexed = self
+                    .pod_index
+                    .get()
+                    .and_then(|i| i.by_name(namespace, name));
+                let runtime_named = match self.cri.is_some() {
+                    true => self
+                        .runtime_pods()
+                        .await
+                        .into_iter()
+                        .any(|p| &p.namespace == namespace && &p.name == name),
+                    false => false,
+                };
+                if let (Some(info), false) = (indexed, runtime_named) {
+                    let uid: PodUid = info.uid.parse().map_err(|_| {
+                        AgentError::Refused(format!(
+                            "the API server reports a malformed UID for {namespace}/{name}"
+                        ))
+                    })?;
+                    return Ok((cgroups.find_pod(&uid)?, None));
+                }
                 if self.cri.is_none() {
                     return Err(AgentError::NotFound(format!(
                         "pod {namespace}/{name}: no container runtime socket is configured, so \

@@ -149,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let kube = kube_links(&kube_source, &node_name, !args.no_kube_reports).await;
+    if let Some(index) = &kube.index {
+        agent.use_pod_index(index.clone());
+    }
     let gate = access::daemon::gate(&args.access, kube)?;
     let service = Service::new(agent.clone()).with_gate(gate.clone());
     let remote = access::daemon::bind_remote(&args.access, gate.audit().clone()).await?;

@@ -496,12 +496,12 @@ impl Agent {
                 Some((cri.namespace.clone(), cri.name.clone()))
             }
             (_, PodTarget::Name { namespace, name }) => Some((namespace.clone(), name.clone())),
-            _ => None,
+            _ => self.indexed_name(target.pod.uid.as_str()),
         };
         let Some((namespace, name)) = names else {
             return Deleted::Failed(
-                "the pod's namespace and name are unknown (no runtime named it), so it \
-                 cannot be deleted through the API server"
+                "the pod's namespace and name are unknown (neither the runtime nor the API \
+                 server's pod index named it), so it cannot be deleted through the API server"
                     .into(),
             );
         };
