@@ -24,7 +24,7 @@ use crate::{
     agent::{Agent, AgentError},
     api, features,
     k8s::{self, Outcome},
-    metrics::OrderMetrics,
+    metrics::{Enforced, ErrorKind, OrderMetrics},
     orders,
     validate::{self, FieldError, IsolateOrder, Mode, PodTarget},
 };
@@ -208,7 +208,7 @@ impl Gate {
     /// pod, then awaits `act` unless it is a dry run. A dry run that
     /// passed every check, and that the kernel could carry out, answers
     /// [`Guarded::DryRun`] with the pod; `act` is then never polled.
-    pub async fn guarded<N: Node, T>(
+    pub async fn guarded<N: Node, T: Enforced>(
         &self,
         node: &N,
         caller: &Caller,
@@ -216,7 +216,14 @@ impl Gate {
         act: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<Guarded<T>, Status> {
         let result = self.try_guarded(node, caller, &order, act).await;
-        self.audit_order(caller, &order, result.as_ref().err());
+        // A terminate whose delete failed is reported to the API server as
+        // a failure, though the order itself (the kill) was carried out.
+        let partial = match &result {
+            Ok(Guarded::Done(reply)) => partial_failure(reply),
+            _ => None,
+        };
+        let error = result.as_ref().err();
+        self.audit_and_report(caller, &order, error, partial.as_ref().or(error));
         result
     }
 
@@ -265,6 +272,18 @@ impl Gate {
     /// Writes the audit line of an order, counts it, and queues its report
     /// to the API server (which never waits).
     pub fn audit_order(&self, caller: &Caller, order: &Order<'_>, error: Option<&Status>) {
+        self.audit_and_report(caller, order, error, error);
+    }
+
+    /// [`Gate::audit_order`], with what the API server is told of the
+    /// outcome given apart (`reported`).
+    fn audit_and_report(
+        &self,
+        caller: &Caller,
+        order: &Order<'_>,
+        error: Option<&Status>,
+        reported: Option<&Status>,
+    ) {
         self.metrics.order(order.action, order.dry_run, error);
         let target = order.pod.and_then(selector_text);
         let mut entry = Entry::new(caller.name(), order.action).with_target(target);
@@ -290,7 +309,7 @@ impl Gate {
             return;
         }
         if let Some(target) = order.pod.and_then(k8s::Target::of) {
-            self.report(order, target, error);
+            self.report(order, target, reported);
         }
     }
 
@@ -550,6 +569,15 @@ fn guard_input<'a>(
         contained: pods.iter().filter(|p| held(p)).count(),
         target_contained: held(pod),
     }
+}
+
+/// What went wrong in an order that was carried out: the API server's
+/// delete of a terminated pod.
+fn partial_failure<T: Enforced>(reply: &T) -> Option<Status> {
+    let mut api_server = false;
+    reply.failures(|kind| api_server |= kind == ErrorKind::ApiServer);
+    api_server
+        .then(|| Status::unavailable("the pod was killed, but the API server did not delete it"))
 }
 
 /// Whether a pod counts against the share guard: isolated, frozen or

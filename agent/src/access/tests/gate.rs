@@ -681,3 +681,59 @@ async fn frozen_and_contained_pods_count_against_the_share_guard() {
     );
     assert_eq!(acted.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_terminate_whose_delete_failed_is_reported_as_a_failure() {
+    use crate::access::gate::{Effect, Order};
+    use crate::k8s::mock::{wait_until, MockApi, Reply};
+
+    let api = MockApi::start(|req| Reply::Json(http::StatusCode::CREATED, req.body.clone()));
+    let setup = gate_with_kube(&api);
+    let node = FakeNode::three_pods();
+    let web = selector(WEB);
+    let terminate = Order {
+        action: "terminate",
+        effect: Effect::Contain,
+        pod: web.as_ref(),
+        dry_run: false,
+        order_id: "inc-9",
+        reason: "miner",
+    };
+    let act = async {
+        Ok::<_, AgentError>(v1::TerminateResponse {
+            kill: Some(v1::KillResponse::default()),
+            delete: v1::DeleteOutcome::Failed as i32,
+            delete_detail: "the API server answered 503".into(),
+            ..Default::default()
+        })
+    };
+
+    let done = setup
+        .gate
+        .guarded(&node, &coordinator(), terminate, act)
+        .await;
+
+    assert!(done.is_ok(), "the kill was carried out: {done:?}");
+    wait_until(|| !api.requests_with("POST").is_empty()).await;
+    let event = &api.requests_with("POST")[0].body;
+    assert_eq!(event["reason"], "StockadeTerminateFailed", "{event}");
+    assert_eq!(event["type"], "Warning", "{event}");
+    let lines = setup.audit_lines();
+    assert_eq!(
+        lines[0]["result"], "done",
+        "the audit line keeps the order's result"
+    );
+}
+
+/// The stand-in replies of these tests carry no times and no failures.
+impl crate::metrics::Enforced for &'static str {
+    fn stamps(&self) -> Option<(&prost_types::Timestamp, &prost_types::Timestamp)> {
+        None
+    }
+}
+
+impl crate::metrics::Enforced for () {
+    fn stamps(&self) -> Option<(&prost_types::Timestamp, &prost_types::Timestamp)> {
+        None
+    }
+}
