@@ -966,49 +966,91 @@ fn guard_restart_with(w: &World, pins: &Path) -> Result<()> {
 /// and hands back the request line and body it got.
 /// The mock API server's port, and the thread that returns the request
 /// line and body it received.
-type ApiServer = (u16, std::thread::JoinHandle<Result<(String, String)>>);
+/// Each request the fake API server got: its request line and body.
+type Requests = Vec<(String, String)>;
+type ApiServer = (u16, std::thread::JoinHandle<Result<Requests>>);
 
+/// A fake API server on loopback: it answers the agent's pod index (an
+/// empty list; watches end at once), Events (created) and the delete of a
+/// pod, one connection per request, and returns what it got once it has
+/// seen the delete and an Event about it, or after 20 s.
 fn api_server() -> Result<ApiServer> {
-    use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let port = listener.local_addr()?.port();
-    let server = std::thread::spawn(move || -> Result<(String, String)> {
-        let (conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut reader = BufReader::new(conn.try_clone()?);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line)?;
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse()?;
+    let server = std::thread::spawn(move || -> Result<Requests> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got: Requests = Vec::new();
+        let done = |got: &Requests| {
+            let deleted = got.iter().any(|(l, _)| l.starts_with("DELETE "));
+            let evented = got
+                .iter()
+                .any(|(l, b)| l.starts_with("POST ") && b.contains("StockadeTerminate"));
+            deleted && evented
+        };
+        while !done(&got) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((conn, _)) => got.push(answer(conn)?),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
+                Err(e) => return Err(e.into()),
             }
         }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"doomed"}}"#;
-        let mut conn = conn;
-        write!(
-            conn,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n{pod}",
-            pod.len()
-        )?;
-        Ok((request_line.trim().to_owned(), String::from_utf8(body)?))
+        Ok(got)
     });
     Ok((port, server))
 }
 
-/// Terminate kills through the cgroup, then deletes through the API server
-/// named by `--kubeconfig` (a loopback mock); without one, the kill still
-/// happens and the reply says the delete did not.
+/// Reads one request from `conn` and answers it as an API server would.
+fn answer(conn: std::net::TcpStream) -> Result<(String, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8(body)?;
+    let line = request_line.trim().to_owned();
+    let reply = if line.starts_with("DELETE ") {
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"doomed"}}"#.to_owned()
+    } else if line.starts_with("GET ") && line.contains("watch=") {
+        String::new()
+    } else if line.starts_with("GET ") {
+        r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1"},"items":[]}"#
+            .to_owned()
+    } else {
+        body.clone()
+    };
+    let status = match line.starts_with("POST ") {
+        true => "201 Created",
+        false => "200 OK",
+    };
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{reply}",
+        reply.len()
+    )?;
+    Ok((line, body))
+}
+
 fn terminate(w: &World) -> Result<()> {
     let req = |pod: &Pod<'_>| v1::TerminateRequest {
         pod: by_name(pod),
@@ -1045,7 +1087,7 @@ fn terminate(w: &World) -> Result<()> {
         .rpc(|mut c| async move { c.terminate(request).await })
         .map_err(|s| anyhow!("terminate: {s}"))?;
     check_killed(&reply.kill.clone().context("no kill")?, &pod)?;
-    let (line, body) = server
+    let got = server
         .join()
         .map_err(|_| anyhow!("the API server panicked"))??;
     ensure!(
@@ -1054,6 +1096,23 @@ fn terminate(w: &World) -> Result<()> {
         reply.delete,
         reply.delete_detail
     );
+    let (line, body) = got
+        .iter()
+        .find(|(l, _)| l.starts_with("DELETE "))
+        .cloned()
+        .with_context(|| format!("no DELETE reached the API server: {got:?}"))?;
+    // The outcome is reported as an Event on the pod, after the delete.
+    let (event_line, event) = got
+        .iter()
+        .find(|(l, b)| l.starts_with("POST ") && b.contains("StockadeTerminate"))
+        .with_context(|| format!("no Event reached the API server: {got:?}"))?;
+    ensure!(
+        event_line.starts_with("POST /apis/events.k8s.io/v1/namespaces/contain/events"),
+        "{event_line}"
+    );
+    let event: serde_json::Value = serde_json::from_str(event)?;
+    ensure!(event["reason"] == "StockadeTerminated", "{event}");
+    ensure!(event["regarding"]["name"] == "doomed", "{event}");
     ensure!(
         line.starts_with("DELETE /api/v1/namespaces/contain/pods/doomed"),
         "{line}"
