@@ -124,6 +124,7 @@ fn counters(counters: &Counters) -> Value {
 pub fn release(reply: &ReleaseResponse) -> Value {
     json!({
         "pod": reply.pod.as_ref().map(pod),
+        "released": reply.released.iter().map(pod).collect::<Vec<_>>(),
         "received_at": timestamp(reply.received_at.as_ref()),
         "verified_at": timestamp(reply.verified_at.as_ref()),
         "foreign_programs_left": reply.foreign_programs_left,

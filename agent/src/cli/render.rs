@@ -199,6 +199,9 @@ fn attachments(isolation: &Isolation) -> String {
 
 /// `release`: what the agent verified once its programs were gone.
 pub fn released_report(reply: &ReleaseResponse) -> String {
+    if reply.pod.is_none() {
+        return released_all_report(reply);
+    }
     let pod = reply.pod.clone().unwrap_or_default();
     let took = millis_between(reply.received_at.as_ref(), reply.verified_at.as_ref());
     let mut text = format!("released {} (uid {})\n", pod_label(Some(&pod)), pod.uid);
@@ -219,6 +222,27 @@ pub fn released_report(reply: &ReleaseResponse) -> String {
         .render(),
     );
     text
+}
+
+/// `release --all`: every pod released (or, for a dry run, that would be).
+fn released_all_report(reply: &ReleaseResponse) -> String {
+    if reply.released.is_empty() {
+        return "no isolation on this node: nothing to release\n".into();
+    }
+    let mut table = Table::new(&["POD", "UID", "CGROUP"]);
+    for pod in &reply.released {
+        table.row(vec![
+            pod_label(Some(pod)),
+            pod.uid.clone(),
+            pod.cgroup_path.clone(),
+        ]);
+    }
+    format!(
+        "released {} pod(s); other tools' programs left: {}\n{}",
+        reply.released.len(),
+        reply.foreign_programs_left,
+        table.render()
+    )
 }
 
 /// "node-probes" or "strict", the words used wherever a mode is shown.

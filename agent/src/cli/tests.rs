@@ -450,3 +450,31 @@ async fn a_terminate_whose_delete_did_not_happen_is_a_problem() {
         report.text
     );
 }
+
+#[test]
+fn release_all_lists_every_pod_it_released() {
+    let reply = ReleaseResponse {
+        released: vec![
+            web_pod(),
+            Pod {
+                uid: "7a11".into(),
+                ..Pod::default()
+            },
+        ],
+        ..ReleaseResponse::default()
+    };
+    let text = super::render::released_report(&reply);
+    assert!(text.starts_with("released 2 pod(s)"), "{text}");
+    assert!(
+        text.contains("shop/web") && text.contains("0b1e") && text.contains("7a11"),
+        "{text}"
+    );
+    let none = super::render::released_report(&ReleaseResponse::default());
+    assert_eq!(none, "no isolation on this node: nothing to release\n");
+    let value = super::json::release(&reply);
+    assert_eq!(
+        value["released"].as_array().map(Vec::len),
+        Some(2),
+        "{value}"
+    );
+}
