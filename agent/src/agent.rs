@@ -789,6 +789,13 @@ impl Agent {
                     })?;
                     return Ok((cgroups.find_pod(&uid)?, None));
                 }
+                if self.cri.is_none() && self.pod_index.get().is_some() {
+                    return Err(AgentError::NotFound(format!(
+                        "pod {namespace}/{name} is not on node {} (the API server's pod index \
+                         has no such pod here)",
+                        self.settings.node_name
+                    )));
+                }
                 if self.cri.is_none() {
                     return Err(AgentError::NotFound(format!(
                         "pod {namespace}/{name}: no container runtime socket is configured, so \

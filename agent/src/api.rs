@@ -335,21 +335,42 @@ impl Stockade for Service {
         req: Request<v1::ExtendIsolationRequest>,
     ) -> Result<Response<v1::IsolateResponse>, Status> {
         let caller = Caller::of(&req);
+        let mut r = req.into_inner();
+        fill_order_id(&mut r.order_id)?;
         let order = Order {
             action: "extend",
             // Keeping a pod isolated longer or shorter changes no
             // containment's kind: the lifting guards apply.
             effect: Effect::Lift,
-            pod: req.get_ref().pod.as_ref(),
-            dry_run: false,
-            order_id: &req.get_ref().order_id,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
             reason: "",
         };
-        let act = self.agent.extend(req.get_ref());
+        let act = self.agent.extend(&r);
         let reply = self.gate.guarded(&*self.agent, &caller, order, act).await?;
         match reply {
             Guarded::Done(reply) => Ok(Response::new(reply)),
-            Guarded::DryRun(_) => Err(Status::internal("extend has no dry run")),
+            Guarded::DryRun(pod) if !pod.isolated => Err(Status::not_found(format!(
+                "pod {} is not isolated",
+                pod.uid
+            ))),
+            Guarded::DryRun(pod) => {
+                let expires_at = (r.ttl_seconds > 0).then(|| {
+                    let at =
+                        SystemTime::now() + std::time::Duration::from_secs(r.ttl_seconds.into());
+                    at.into()
+                });
+                let isolation = v1::Isolation {
+                    pod: Some(pod),
+                    expires_at,
+                    ..Default::default()
+                };
+                Ok(Response::new(v1::IsolateResponse {
+                    isolation: Some(isolation),
+                    dry_run: true,
+                }))
+            }
         }
     }
 }

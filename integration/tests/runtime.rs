@@ -1388,6 +1388,22 @@ fn a_short_ttl_expires_on_a_real_pod(env: &Env) -> Result<()> {
     );
     expect_refused(env, &pod, "app", PORT_A)?;
 
+    // A dry run of an extension answers, and leaves the 2 s TTL alone.
+    let extend = v1::ExtendIsolationRequest {
+        pod: Some(by_uid(pod.uid())),
+        ttl_seconds: 3600,
+        dry_run: true,
+        ..Default::default()
+    };
+    let planned = env
+        .rpc(|mut c| async move { c.extend_isolation(extend).await })
+        .map_err(|s| anyhow!("dry extend: {s}"))?;
+    ensure!(planned.dry_run, "the dry extension did not say dry_run");
+    ensure!(
+        planned.isolation.and_then(|i| i.expires_at).is_some(),
+        "the dry extension did not say when the isolation would expire"
+    );
+
     let lifted = eventually(Duration::from_secs(5), || {
         Ok(ours_per_hook(&pod)?.iter().all(|(_, ours)| ours.is_empty()))
     })?;

@@ -57,6 +57,9 @@ pub struct ExtendArgs {
         hide_default_value = true
     )]
     pub order_id: String,
+    /// Resolve, validate and check the guards; change nothing.
+    #[arg(long, env = "STOCKADE_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 /// `90s`, `10m`, `1h`, `2d`, or a bare number of seconds; `0` is allowed.
@@ -126,17 +129,30 @@ pub async fn extend(
         pod: Some(args.pod.selector()),
         ttl_seconds: ttl_seconds(args.ttl),
         order_id: args.order_id.clone(),
+        dry_run: args.dry_run,
     };
     let reply = client.extend_isolation(request).await?.into_inner();
     let isolation = reply.isolation.unwrap_or_default();
 
     let text = match output {
+        Output::Table if reply.dry_run => format!(
+            "DRY RUN: nothing was changed; the isolation of uid {} would expire: {}\n",
+            isolation
+                .pod
+                .as_ref()
+                .map(|p| p.uid.as_str())
+                .unwrap_or("-"),
+            when(isolation.expires_at.as_ref())
+        ),
         Output::Table => format!(
             "isolation of order {} now expires: {}\n",
             isolation.order_id,
             when(isolation.expires_at.as_ref())
         ),
-        Output::Json => json::text(&json!({ "isolation": json::isolation(&isolation) })),
+        Output::Json => json::text(&json!({
+            "isolation": json::isolation(&isolation),
+            "dry_run": reply.dry_run,
+        })),
     };
     Ok(Report::plain(text))
 }
