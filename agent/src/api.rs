@@ -88,6 +88,31 @@ pub fn status_of(err: &AgentError) -> Status {
     }
 }
 
+/// The body of a containment order's handler: refuses malformed input
+/// naming the field (before the guards look the pod up), gives the order
+/// an id, and runs it through the gate; a dry run is answered with
+/// `$planned`, built from the pod and the id.
+macro_rules! containment_order {
+    ($self:ident, $req:ident, $action:ident, $effect:expr, |$pod:ident, $id:ident| $planned:expr) => {{
+        let caller = Caller::of(&$req);
+        let mut r = $req.into_inner();
+        order::$action(&r).map_err(|e| status(e.into()))?;
+        fill_order_id(&mut r.order_id)?;
+        let order = Order {
+            action: stringify!($action),
+            effect: $effect,
+            pod: r.pod.as_ref(),
+            dry_run: r.dry_run,
+            order_id: &r.order_id,
+            reason: &r.reason,
+        };
+        let $id = r.order_id.clone();
+        let planned = |$pod| $planned;
+        let reply = $self.guarded(&caller, order, $self.agent.$action(&r), planned);
+        Ok(Response::new(reply.await?))
+    }};
+}
+
 #[tonic::async_trait]
 impl Stockade for Service {
     async fn get_info(
@@ -141,177 +166,87 @@ impl Stockade for Service {
         &self,
         req: Request<v1::FreezeRequest>,
     ) -> Result<Response<v1::FreezeResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::freeze(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "freeze",
-            effect: Effect::Contain,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::FreezeResponse {
-            pod: Some(pod),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.freeze(&r), planned);
-        Ok(Response::new(reply.await?))
+        containment_order!(self, req, freeze, Effect::Contain, |pod, order_id| {
+            v1::FreezeResponse {
+                pod: Some(pod),
+                order_id,
+                dry_run: true,
+                ..Default::default()
+            }
+        })
     }
 
     async fn thaw(
         &self,
         req: Request<v1::ThawRequest>,
     ) -> Result<Response<v1::ThawResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::thaw(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "thaw",
-            effect: Effect::Lift,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::ThawResponse {
-            pod: Some(pod),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.thaw(&r), planned);
-        Ok(Response::new(reply.await?))
+        containment_order!(self, req, thaw, Effect::Lift, |pod, order_id| {
+            v1::ThawResponse {
+                pod: Some(pod),
+                order_id,
+                dry_run: true,
+                ..Default::default()
+            }
+        })
     }
 
     async fn kill(
         &self,
         req: Request<v1::KillRequest>,
     ) -> Result<Response<v1::KillResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::kill(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "kill",
-            effect: Effect::Contain,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::KillResponse {
-            pod: Some(pod),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.kill(&r), planned);
-        Ok(Response::new(reply.await?))
+        containment_order!(self, req, kill, Effect::Contain, |pod, order_id| {
+            v1::KillResponse {
+                pod: Some(pod),
+                order_id,
+                dry_run: true,
+                ..Default::default()
+            }
+        })
     }
 
     async fn terminate(
         &self,
         req: Request<v1::TerminateRequest>,
     ) -> Result<Response<v1::TerminateResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::terminate(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "terminate",
-            effect: Effect::Contain,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::TerminateResponse {
-            kill: Some(v1::KillResponse {
-                pod: Some(pod),
+        containment_order!(self, req, terminate, Effect::Contain, |pod, order_id| {
+            v1::TerminateResponse {
+                kill: Some(v1::KillResponse {
+                    pod: Some(pod),
+                    ..Default::default()
+                }),
+                order_id,
+                dry_run: true,
                 ..Default::default()
-            }),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.terminate(&r), planned);
-        Ok(Response::new(reply.await?))
+            }
+        })
     }
 
     async fn contain(
         &self,
         req: Request<v1::ContainRequest>,
     ) -> Result<Response<v1::ContainResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::contain(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "contain",
-            effect: Effect::Contain,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::ContainResponse {
-            pod: Some(pod),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.contain(&r), planned);
-        Ok(Response::new(reply.await?))
+        containment_order!(self, req, contain, Effect::Contain, |pod, order_id| {
+            v1::ContainResponse {
+                pod: Some(pod),
+                order_id,
+                dry_run: true,
+                ..Default::default()
+            }
+        })
     }
 
     async fn uncontain(
         &self,
         req: Request<v1::UncontainRequest>,
     ) -> Result<Response<v1::UncontainResponse>, Status> {
-        let caller = Caller::of(&req);
-        let mut r = req.into_inner();
-        // Malformed input is refused, naming the field, before the guards
-        // look the pod up.
-        order::uncontain(&r).map_err(|e| status(e.into()))?;
-        fill_order_id(&mut r.order_id)?;
-        let order = Order {
-            action: "uncontain",
-            effect: Effect::Lift,
-            pod: r.pod.as_ref(),
-            dry_run: r.dry_run,
-            order_id: &r.order_id,
-            reason: &r.reason,
-        };
-        let order_id = r.order_id.clone();
-        let planned = |pod| v1::UncontainResponse {
-            pod: Some(pod),
-            order_id,
-            dry_run: true,
-            ..Default::default()
-        };
-        let reply = self.guarded(&caller, order, self.agent.uncontain(&r), planned);
-        Ok(Response::new(reply.await?))
+        containment_order!(self, req, uncontain, Effect::Lift, |pod, order_id| {
+            v1::UncontainResponse {
+                pod: Some(pod),
+                order_id,
+                dry_run: true,
+                ..Default::default()
+            }
+        })
     }
 
     async fn get_order(
