@@ -268,8 +268,14 @@ impl<'c> Agent<'c> {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(self.work.path().join("state"))
-            // Many orders a minute, from a test: the rate guard has tests of its own.
-            .args(["--max-orders-per-minute", "0"])
+            // Many orders a minute, on a node shared with other tests: the rate and
+            // share guards have tests of their own.
+            .args([
+                "--max-orders-per-minute",
+                "0",
+                "--max-contained-percent",
+                "100",
+            ])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("STOCKADE_FAULT")

@@ -308,8 +308,14 @@ impl AgentProc {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(self.log.with_file_name("agent-state"))
-            // Many orders a minute, from a test: the rate guard has tests of its own.
-            .args(["--max-orders-per-minute", "0"])
+            // Many orders a minute, on a node shared with other tests: the rate and
+            // share guards have tests of their own.
+            .args([
+                "--max-orders-per-minute",
+                "0",
+                "--max-contained-percent",
+                "100",
+            ])
             .args(["--node-name", "runtime-test-node", "--log-format", "text"])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

@@ -124,8 +124,14 @@ impl Workspace {
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(self.socket().with_file_name("state"))
-            // Many orders a minute, from a test: the rate guard has tests of its own.
-            .args(["--max-orders-per-minute", "0"])
+            // Many orders a minute, on a node shared with other tests: the rate and
+            // share guards have tests of their own.
+            .args([
+                "--max-orders-per-minute",
+                "0",
+                "--max-contained-percent",
+                "100",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -189,8 +189,14 @@ fn spawn(bin: &Path, spec: &AgentSpec, work: &Path, pin_dir: &Path) -> Result<Ch
         // Each agent its own ledger: two agents cannot share one.
         .arg("--state-dir")
         .arg(work.join("state"))
-        // Many orders a minute, from a test: the rate guard has tests of its own.
-        .args(["--max-orders-per-minute", "0"])
+        // Many orders a minute, on a node shared with other tests: the rate and
+        // share guards have tests of their own.
+        .args([
+            "--max-orders-per-minute",
+            "0",
+            "--max-contained-percent",
+            "100",
+        ])
         .args(["--node-name", "containment-test", "--log-format", "text"])
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
