@@ -8,7 +8,7 @@ use stockade_proto::v1::{pod_selector::Target, AllowRule, PodName, PodSelector};
 
 use super::{
     allow::parse_allow_rule,
-    contain::{KillArgs, OrderArgs, UndoArgs},
+    contain::{KillArgs, MetaArgs, OrderArgs, UndoArgs},
     orders::{parse_ttl, ExtendArgs, GetArgs, ListArgs},
 };
 
@@ -196,24 +196,13 @@ pub struct IsolateArgs {
     )]
     pub reference: String,
 
-    /// Resolve, validate and check the guards; change nothing.
-    #[arg(long, env = "STOCKADE_DRY_RUN")]
-    pub dry_run: bool,
-
     /// Release the isolation by itself after this long, as 90s, 10m or
     /// 1h; 0 (the default) means never.
     #[arg(long, env = "STOCKADE_TTL", value_parser = parse_ttl, default_value = "0")]
     pub ttl: Duration,
 
-    /// This order's id, so that a retry is acted on once; the agent makes
-    /// one up when it is not given.
-    #[arg(
-        long,
-        env = "STOCKADE_ORDER_ID",
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub order_id: String,
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 /// The pods a release is for: `NAMESPACE/NAME`, `--uid UID` or `--all`.
@@ -252,15 +241,6 @@ pub struct ReleaseArgs {
     #[command(flatten)]
     pub pod: ReleaseTarget,
 
-    /// This order's id, so that a retry is acted on once.
-    #[arg(
-        long,
-        env = "STOCKADE_ORDER_ID",
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub order_id: String,
-
     /// Why, in a few words; recorded with the order.
     #[arg(
         long,
@@ -270,9 +250,8 @@ pub struct ReleaseArgs {
     )]
     pub reason: String,
 
-    /// Resolve, validate and check the guards; change nothing.
-    #[arg(long, env = "STOCKADE_DRY_RUN")]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 /// `NAMESPACE/NAME`, both parts non-empty.

@@ -87,8 +87,8 @@ async fn isolate(client: &mut Client, args: &IsolateArgs, output: Output) -> Res
         mode: mode.into(),
         reason: args.reason.clone(),
         reference: args.reference.clone(),
-        dry_run: args.dry_run,
-        order_id: args.order_id.clone(),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
         ttl_seconds: orders::ttl_seconds(args.ttl),
     };
     let reply = client.isolate(request).await?.into_inner();
@@ -108,8 +108,8 @@ async fn release(client: &mut Client, args: &ReleaseArgs, output: Output) -> Res
     let request = ReleaseRequest {
         pod: args.pod.selector(),
         reason: args.reason.clone(),
-        dry_run: args.dry_run,
-        order_id: args.order_id.clone(),
+        dry_run: args.meta.dry_run,
+        order_id: args.meta.order_id.clone(),
         all: args.pod.all,
     };
     let reply = client.release(request).await?.into_inner();

@@ -49,17 +49,8 @@ pub struct ExtendArgs {
     #[arg(long, env = "STOCKADE_TTL", value_parser = parse_ttl)]
     pub ttl: Duration,
 
-    /// This order's id, so that a retry is acted on once.
-    #[arg(
-        long,
-        env = "STOCKADE_ORDER_ID",
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub order_id: String,
-    /// Resolve, validate and check the guards; change nothing.
-    #[arg(long, env = "STOCKADE_DRY_RUN")]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub meta: super::contain::MetaArgs,
 }
 
 /// `90s`, `10m`, `1h`, `2d`, or a bare number of seconds; `0` is allowed.
@@ -128,8 +119,8 @@ pub async fn extend(
     let request = ExtendIsolationRequest {
         pod: Some(args.pod.selector()),
         ttl_seconds: ttl_seconds(args.ttl),
-        order_id: args.order_id.clone(),
-        dry_run: args.dry_run,
+        order_id: args.meta.order_id.clone(),
+        dry_run: args.meta.dry_run,
     };
     let reply = client.extend_isolation(request).await?.into_inner();
     let isolation = reply.isolation.unwrap_or_default();
