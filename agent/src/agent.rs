@@ -978,7 +978,7 @@ impl Agent {
         let gone = !pods.iter().any(|p| p.cgroup_id == rec.cgroup_id);
         let undone_with_pod = [action::FREEZE, action::CONTAIN].contains(&rec.action.as_str());
         if undone_with_pod && rec.state == OrderState::Enforced && gone {
-            return self.end_frozen_gone(rec);
+            return self.end_undone_gone(rec);
         }
         let restorable = rec.action == action::ISOLATE && rec.state == OrderState::Enforced;
         if !restorable || self.lock_records().contains_key(&rec.cgroup_id) {
@@ -998,13 +998,14 @@ impl Agent {
         }
     }
 
-    /// Closes a freeze whose pod is gone. A freeze of a pod still there
-    /// needs nothing: the kernel keeps `cgroup.freeze` across our restart.
+    /// Closes a freeze or containment whose pod is gone. One whose pod is
+    /// still there needs nothing: the kernel keeps `cgroup.freeze` and the
+    /// pinned containment map across our restart.
     ///
     /// Known shortcoming: a pod thawed by someone else (a write to its
     /// `cgroup.freeze`) while the agent was down stays `enforced` in the
     /// ledger; `cgroup.events` is not read back here.
-    fn end_frozen_gone(&self, rec: &OrderRecord) {
+    fn end_undone_gone(&self, rec: &OrderRecord) {
         let why = Failure {
             code: tonic::Code::NotFound as i32,
             message: format!("the pod is gone, and its {} with it", rec.action),

@@ -84,11 +84,7 @@ impl Agent {
         };
         let once = Once::new(action::FREEZE, &id, &order.target, received_at);
         self.once(once, req, cleared, async |target: Resolved| {
-            let span = info_span!("freeze", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id, order.id = %id);
-            let settled = self
-                .freeze_or_thaw(&target, &order, true)
-                .instrument(span)
-                .await?;
+            let settled = self.freeze_or_thaw(&target, &order, &id, true).await?;
             Ok(v1::FreezeResponse {
                 pod: Some(self.pod_proto(&target)),
                 events: Some(reply::events(&settled.events)),
@@ -115,11 +111,7 @@ impl Agent {
         };
         let once = Once::new(action::THAW, &id, &order.target, received_at);
         self.once(once, req, cleared, async |target: Resolved| {
-            let span = info_span!("thaw", pod.uid = %target.pod.uid, cgroup.id = target.pod.cgroup_id, order.id = %id);
-            let settled = self
-                .freeze_or_thaw(&target, &order, false)
-                .instrument(span)
-                .await?;
+            let settled = self.freeze_or_thaw(&target, &order, &id, false).await?;
             self.mark_undone(action::FREEZE, target.pod.cgroup_id).await;
             Ok(v1::ThawResponse {
                 pod: Some(self.pod_proto(&target)),
@@ -355,21 +347,31 @@ impl Agent {
         &self,
         target: &Resolved,
         order: &PodOrder,
+        id: &str,
         frozen: bool,
     ) -> Result<freeze::Settled, AgentError> {
+        let (uid, cgroup_id) = (&target.pod.uid, target.pod.cgroup_id);
+        // Span names are constants: the order's action, as elsewhere.
+        let span = match frozen {
+            true => info_span!("freeze", pod.uid = %uid, cgroup.id = cgroup_id, order.id = %id),
+            false => info_span!("thaw", pod.uid = %uid, cgroup.id = cgroup_id, order.id = %id),
+        };
         let dir = self.cgroups()?.abs(&target.pod.path);
         let deadline = Instant::now() + order.timeout;
         let settled = blocking(move || match frozen {
             true => freeze::freeze(&dir, deadline),
             false => freeze::thaw(&dir, deadline),
         })
+        .instrument(span.clone())
         .await?;
-        info!(
-            events.frozen = settled.events.frozen,
-            reason = %order.reason,
-            "{}",
-            if frozen { "pod frozen" } else { "pod thawed" }
-        );
+        span.in_scope(|| {
+            info!(
+                events.frozen = settled.events.frozen,
+                reason = %order.reason,
+                "{}",
+                if frozen { "pod frozen" } else { "pod thawed" }
+            )
+        });
         Ok(settled)
     }
 

@@ -726,14 +726,14 @@ async fn a_terminate_whose_delete_failed_is_reported_as_a_failure() {
 }
 
 /// The stand-in replies of these tests carry no times and no failures.
-impl crate::metrics::Enforced for &'static str {
-    fn stamps(&self) -> Option<(&prost_types::Timestamp, &prost_types::Timestamp)> {
-        None
-    }
+macro_rules! stand_in_replies {
+    ($($reply:ty),*) => {$(
+        impl crate::metrics::Enforced for $reply {
+            fn stamps(&self) -> Option<(&prost_types::Timestamp, &prost_types::Timestamp)> {
+                None
+            }
+        }
+    )*};
 }
 
-impl crate::metrics::Enforced for () {
-    fn stamps(&self) -> Option<(&prost_types::Timestamp, &prost_types::Timestamp)> {
-        None
-    }
-}
+stand_in_replies!(&'static str, ());
